@@ -1,0 +1,1 @@
+"""data stage of mona_core."""

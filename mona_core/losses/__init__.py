@@ -1,0 +1,1 @@
+"""losses stage of mona_core."""

@@ -1,0 +1,1 @@
+"""services.common (built with the service issue)."""

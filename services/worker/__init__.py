@@ -1,0 +1,1 @@
+"""services.worker (built with the service issue)."""
