@@ -1,0 +1,45 @@
+"""The ``mona`` command line: train, export, segment, evaluate, demo.
+
+Command names and flags are the interface scripts rely on; keep them stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mona_core.cli import commands, demo
+from mona_core.data.dataset import DatasetError
+from mona_core.io import NiftiError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mona", description="MONA: segmentation with extremely few labels.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands.add_train(sub)
+    commands.add_export(sub)
+    commands.add_segment(sub)
+    commands.add_evaluate(sub)
+    demo.add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.handler(args)
+    except (NiftiError, DatasetError, ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"mona {args.command}: error: {exc}\n")
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

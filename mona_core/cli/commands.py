@@ -1,0 +1,140 @@
+"""``mona train | export | segment | evaluate``: thin wrappers that parse flags and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mona_core.cli.console import TrainingBar, emit, format_report
+from mona_core.data.dataset import DatasetIndex, load_dataset
+from mona_core.data.splits import LabelledSelection, select_labelled
+
+def add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a segmentation model on a dataset folder")
+    p.add_argument("--data", required=True, type=Path, help="nnU-Net raw folder or a folder of image/label pairs")
+    p.add_argument("--method", default="supervised", choices=["supervised"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--labelled-patients", type=int, help="number of training patients whose labels are used")
+    group.add_argument("--labelled-ratio", type=float, help="fraction of training patients labelled, e.g. 0.05")
+    p.add_argument("--split-seed", type=int, default=0, help="seed choosing the labelled patients")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--size", type=int, help="square training slice size (default 256)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--seed", type=int, help="training seed (weights, sampling, augmentation)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--preset", choices=["mri", "ct"], help="intensity preset (default from dataset.json)")
+    p.add_argument("--patient-pattern", help="regex with one group extracting the patient id from a case id")
+    p.add_argument("--out", required=True, type=Path, help="run directory (an existing one is resumed)")
+    p.set_defaults(handler=run_train)
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="export a run's best checkpoint to ONNX + manifest.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="model directory (default RUN_DIR/model)")
+    p.set_defaults(handler=run_export)
+
+
+def add_segment(sub: Any) -> None:
+    p = sub.add_parser("segment", help="segment a NIfTI volume; the mask is written on the input's grid")
+    p.add_argument("--model", required=True, type=Path, help="model directory (model.onnx + manifest.json)")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overlay", type=Path, help="also write an overlay PNG here")
+    p.set_defaults(handler=run_segment)
+
+
+def add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="DSC/ASD of a mask against a label, or of a model on a dataset split")
+    p.add_argument("--pred", type=Path)
+    p.add_argument("--label", type=Path)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--data", type=Path)
+    p.add_argument("--split", default="val")
+    p.add_argument("--classes", help="comma-separated class names for --pred/--label (default from label values)")
+    p.add_argument("--out", type=Path, help="also write the JSON report (and masks/overlays for --model) here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(handler=run_evaluate)
+
+
+def selection_for(index: DatasetIndex, args: argparse.Namespace, run_dir: Path) -> LabelledSelection:
+    """A resumed run keeps the patients it started with; a new run chooses them by patient, seeded."""
+    run_file = run_dir / "run.json"
+    if run_file.is_file():
+        return LabelledSelection.from_dict(json.loads(run_file.read_text())["selection"])
+    train_patients = index.patients("train")
+    eligible = [p for p in train_patients if _all_labelled(index, p)]
+    return select_labelled(
+        train_patients, n_patients=args.labelled_patients, ratio=args.labelled_ratio,
+        seed=args.split_seed, eligible=eligible,
+    )
+
+
+def _all_labelled(index: DatasetIndex, patient: str) -> bool:
+    return all(c.label is not None for c in index.cases_in("train") if c.patient_id == patient)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mona_core.training.config import TrainConfig
+    from mona_core.training.supervised import train
+
+    index = load_dataset(args.data, preset=args.preset, patient_pattern=args.patient_pattern)
+    selection = selection_for(index, args, args.out)
+    config = TrainConfig().with_overrides(
+        method=args.method, iterations=args.iterations, size=args.size, batch_size=args.batch_size,
+        val_every=args.val_every, seed=args.seed, device=args.device,
+    )
+    emit(f"training {config.method} on {index.name}: {len(selection.labelled)} labelled patients "
+         f"({', '.join(selection.labelled)}), {len(selection.unlabelled)} unlabelled; run dir {args.out}")
+    with TrainingBar(config.iterations) as bar:
+        result = train(config, index, selection, args.out, progress=bar.update)
+    emit(f"done: {result.steps} iterations, best {result.best}; checkpoints in {args.out / 'checkpoints'}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mona_core.cli.exporting import export_run
+
+    result = export_run(args.run_dir, args.out or args.run_dir / "model")
+    parity = result.manifest.parity
+    emit(f"exported {result.model_dir} (ONNX opset {result.manifest.opset}; parity max |diff| "
+         f"{parity.get('max_abs_diff_random')} random, {parity.get('max_abs_diff_real')} real)")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from mona_core.inference.segmenter import Segmenter
+    from mona_core.io import read_image, write_mask
+    from mona_core.report import save_overlay_png
+
+    segmenter = Segmenter(args.model, device=args.device)
+    image = read_image(args.input)
+    mask = segmenter.segment(image)
+    write_mask(mask.array, mask.geometry, args.output)
+    emit(f"mask written to {args.output} (size {mask.geometry.size}, spacing {mask.geometry.spacing})")
+    if args.overlay:
+        save_overlay_png(image.array, mask.array, args.overlay, class_names=segmenter.manifest.classes)
+        emit(f"overlay written to {args.overlay}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from mona_core.cli.scoring import evaluate_files, evaluate_model_dir
+
+    if args.model is not None and args.data is not None:
+        report = evaluate_model_dir(args.model, args.data, args.split, args.out, args.device)
+    elif args.pred is not None and args.label is not None:
+        report = evaluate_files(args.pred, args.label, args.classes)
+    else:
+        raise ValueError("expected --pred and --label, or --model and --data, got neither pair")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else format_report(report))
+    return 0

@@ -1,0 +1,108 @@
+"""In-memory slice banks for training and whole volumes for validation.
+
+Labelled patients contribute image + label slices; unlabelled patients contribute image slices only — their label
+files are never opened, so a "1 %" run cannot leak labels. Slices are normalised with the dataset's preset and
+resized once to the training size, then sampled with augmentation each step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mona_core.data.augment import weak_augment
+from mona_core.data.dataset import CaseRecord, DatasetIndex
+from mona_core.data.slicing import image_to_slices, label_to_slices
+from mona_core.data.splits import LabelledSelection
+from mona_core.io import read_image, read_label
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceBank:
+    """Training slices: ``images`` (N, 1, S, S) float32 with ``labels`` (N, S, S) uint8, and ``unlabelled``
+    images (M, 1, S, S) float32."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    unlabelled: np.ndarray
+
+    @property
+    def num_labelled(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class ValCase:
+    """A whole validation volume on its native grid; ``spacing_zyx`` is in numpy axis order."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+
+
+def build_slice_bank(index: DatasetIndex, selection: LabelledSelection, size: int) -> SliceBank:
+    """Read the training split: labels only for the selected patients."""
+    labelled = set(selection.labelled)
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    unlabelled: list[np.ndarray] = []
+    for case in index.cases_in("train"):
+        image = read_image(case.image)
+        slices = image_to_slices(image.array, index.preset, size)
+        if case.patient_id in labelled and case.label is not None:
+            label = read_label(case.label, image.geometry, index.num_classes)
+            images.append(slices)
+            labels.append(label_to_slices(label.array, size))
+        elif case.patient_id not in labelled:
+            unlabelled.append(slices)
+    if not images:
+        raise ValueError(f"expected labelled slices from patients {sorted(labelled)}, got none in the train split")
+    bank = SliceBank(
+        images=np.concatenate(images),
+        labels=np.concatenate(labels),
+        unlabelled=np.concatenate(unlabelled) if unlabelled else np.zeros((0, 1, size, size), np.float32),
+    )
+    logger.info("slice bank: %d labelled slices, %d unlabelled slices", bank.num_labelled, len(bank.unlabelled))
+    return bank
+
+
+def load_val_cases(index: DatasetIndex, split: str = "val") -> list[ValCase]:
+    """Whole labelled volumes of ``split`` for validation on the native grid."""
+    return [_val_case(case, index.num_classes) for case in index.cases_in(split) if case.label is not None]
+
+
+def _val_case(case: CaseRecord, num_classes: int) -> ValCase:
+    image = read_image(case.image)
+    label = read_label(case.label, image.geometry, num_classes) if case.label else None
+    assert label is not None
+    sx, sy, sz = image.geometry.spacing
+    return ValCase(case.case_id, image.array, label.array, (sz, sy, sx))
+
+
+def sample_labelled_batch(
+    bank: SliceBank, batch_size: int, rng: np.random.Generator, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random labelled batch: images (B, 1, S, S) float32, labels (B, S, S) int64."""
+    picks = rng.integers(0, bank.num_labelled, size=batch_size)
+    return _stack(bank.images[picks], list(bank.labels[picks]), rng, augment)
+
+
+def _stack(
+    images: np.ndarray, labels: Sequence[np.ndarray], rng: np.random.Generator, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out_images, out_labels = [], []
+    for image, label in zip(images, labels, strict=True):
+        if augment:
+            image, maybe_label = weak_augment(image, label, rng)
+            assert maybe_label is not None
+            label = maybe_label
+        out_images.append(image)
+        out_labels.append(label)
+    return torch.from_numpy(np.stack(out_images)), torch.from_numpy(np.stack(out_labels).astype(np.int64))

@@ -1,0 +1,210 @@
+"""Supervised training (UNET-L with a labelled subset, UNET-F with every patient): Dice + CE, SGD, step decay.
+
+A run directory holds ``run.json`` (what was asked), ``checkpoints/last.pt`` and ``checkpoints/best.pt``,
+``metrics.jsonl`` (one row per logged step) and ``loss_curve.png``. Calling ``train`` again on the same directory
+resumes from ``last.pt`` with the saved RNG states, so a resumed run continues where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mona_core.data.dataset import DatasetIndex
+from mona_core.data.splits import LabelledSelection
+from mona_core.losses import supervised_loss
+from mona_core.models import UNet, UNetConfig, build_model
+from mona_core.report import save_loss_curve_png
+from mona_core.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from mona_core.training.config import TrainConfig
+from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
+from mona_core.training.schedule import step_decay_lr
+from mona_core.training.slices import SliceBank, ValCase, build_slice_bank, load_val_cases, sample_labelled_batch
+from mona_core.training.validation import validate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """Everything that changes while training; saved in ``last.pt``."""
+
+    model: UNet
+    optimizer: torch.optim.SGD
+    rng: np.random.Generator
+    step: int = 0
+    best: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best: dict[str, Any] | None
+    stopped: bool
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a silent fallback."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("expected a CUDA device for --device cuda, got none (use --device auto or cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def train(
+    config: TrainConfig,
+    index: DatasetIndex,
+    selection: LabelledSelection,
+    run_dir: str | Path,
+    progress: ProgressFn = ignore_progress,
+    should_stop: StopFn = never_stop,
+) -> TrainResult:
+    """Train (or resume) a supervised UNet in ``run_dir``; returns once done or stopped."""
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    state = _new_state(config, index.num_classes, device)
+    _resume_or_start(state, config, index, selection, run_dir)
+    bank = build_slice_bank(index, selection, config.size)
+    val_cases = load_val_cases(index)
+    return _loop(state, config, index, bank, val_cases, run_dir, device, progress, should_stop)
+
+
+def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> RunState:
+    model = build_model(UNetConfig(num_classes=num_classes)).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    return RunState(model=model, optimizer=optimizer, rng=np.random.default_rng(config.seed))
+
+
+def _resume_or_start(
+    state: RunState, config: TrainConfig, index: DatasetIndex, selection: LabelledSelection, run_dir: Path
+) -> None:
+    last = run_dir / "checkpoints" / LAST
+    if last.is_file():
+        saved = load_checkpoint(last)
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.step, state.best, state.history = saved["step"], saved["best"], saved["history"]
+        state.rng.bit_generator.state = saved["rng"]["numpy"]
+        torch.set_rng_state(saved["rng"]["torch"])
+        logger.info("resuming %s from step %d", run_dir, state.step)
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_info = {
+        "method": config.method,
+        "data_root": str(index.root.resolve()),
+        "dataset": index.to_dict(),
+        "selection": selection.to_dict(),
+        "config": config.to_dict(),
+    }
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+
+
+def _loop(
+    state: RunState,
+    config: TrainConfig,
+    index: DatasetIndex,
+    bank: SliceBank,
+    val_cases: list[ValCase],
+    run_dir: Path,
+    device: torch.device,
+    progress: ProgressFn,
+    should_stop: StopFn,
+) -> TrainResult:
+    state.model.train()
+    started, first_step = time.monotonic(), state.step
+    while state.step < config.iterations:
+        if should_stop():
+            _save(state, config, index, run_dir, LAST)
+            return TrainResult(run_dir, state.step, state.best, stopped=True)
+        losses, lr = _train_step(state, config, bank, device)
+        state.step += 1
+        val_dice = _maybe_validate(state, config, index, val_cases, run_dir, device)
+        if state.step % config.log_every == 0 or val_dice is not None or state.step == config.iterations:
+            row = {"step": float(state.step), "lr": lr, **losses}
+            state.history.append(row if val_dice is None else {**row, "val_dice": val_dice})
+            elapsed = time.monotonic() - started
+            eta = elapsed / (state.step - first_step) * (config.iterations - state.step)
+            best_dice = state.best["val_dice"] if state.best else None
+            progress(ProgressEvent("train", state.step, config.iterations, losses, lr, val_dice, best_dice, elapsed, eta))
+        if state.step % config.checkpoint_every == 0 or state.step == config.iterations:
+            _save(state, config, index, run_dir, LAST)
+    _finish(state, run_dir)
+    return TrainResult(run_dir, state.step, state.best, stopped=False)
+
+
+def _train_step(
+    state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device
+) -> tuple[dict[str, float], float]:
+    """One SGD step on a labelled batch; returns the loss parts and the learning rate used."""
+    lr = step_decay_lr(state.step, config.lr, config.lr_step, config.lr_gamma)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    images, labels = sample_labelled_batch(bank, config.batch_size, state.rng, config.augment)
+    parts = supervised_loss(state.model(images.to(device)), labels.to(device))
+    state.optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    state.optimizer.step()
+    return {name: float(value.detach()) for name, value in parts.items()}, lr
+
+
+def _maybe_validate(
+    state: RunState,
+    config: TrainConfig,
+    index: DatasetIndex,
+    val_cases: list[ValCase],
+    run_dir: Path,
+    device: torch.device,
+) -> float | None:
+    """Every ``val_every`` steps (and at the end): mean foreground DSC on whole volumes; keep the best."""
+    due = state.step % config.val_every == 0 or state.step == config.iterations
+    if not due or not val_cases:
+        return None
+    report = validate(state.model, val_cases, index.classes, index.preset, config.size, device)
+    dice = report["mean"]["dice"]
+    val_dice = float(dice) if dice is not None else 0.0
+    if state.best is None or val_dice > state.best["val_dice"]:
+        state.best = {"step": state.step, "val_dice": val_dice}
+        _save(state, config, index, run_dir, BEST)
+    return val_dice
+
+
+def _save(state: RunState, config: TrainConfig, index: DatasetIndex, run_dir: Path, name: str) -> None:
+    payload: dict[str, Any] = {
+        "step": state.step,
+        "model_config": state.model.config.to_dict(),
+        "model": state.model.state_dict(),
+        "train_config": config.to_dict(),
+        "data": {"classes": list(index.classes), "preset": index.preset, "size": config.size},
+        "best": state.best,
+    }
+    if name == LAST:
+        payload["optimizer"] = state.optimizer.state_dict()
+        payload["history"] = state.history
+        payload["rng"] = {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state()}
+        _write_history(state.history, run_dir)
+    save_checkpoint(payload, run_dir / "checkpoints" / name)
+
+
+def _write_history(history: list[dict[str, float]], run_dir: Path) -> None:
+    partial = run_dir / ".metrics.jsonl.partial"
+    partial.write_text("".join(json.dumps(row) + "\n" for row in history))
+    partial.replace(run_dir / "metrics.jsonl")
+
+
+def _finish(state: RunState, run_dir: Path) -> None:
+    if state.history:
+        save_loss_curve_png(state.history, run_dir / "loss_curve.png", title="Supervised training")
+    logger.info("training done at step %d; best %s", state.step, state.best)
