@@ -11,7 +11,7 @@ from mona_core.data.dataset import load_dataset
 from mona_core.inference.evaluate import ASD_UNIT, evaluate_model
 from mona_core.inference.segmenter import Segmenter
 from mona_core.io import NiftiError, read_label
-from mona_core.metrics import MetricAccumulator, evaluate_case
+from mona_core.metrics import MetricAccumulator, evaluate_case, spacing_zyx_from_xyz
 
 
 def evaluate_files(pred_path: Path, label_path: Path, classes: str | None) -> dict[str, Any]:
@@ -26,9 +26,8 @@ def evaluate_files(pred_path: Path, label_path: Path, classes: str | None) -> di
     names = classes.split(",") if classes else ["background", *(f"class{i}" for i in range(1, highest + 1))]
     if highest >= len(names):
         raise ValueError(f"expected label values below {len(names)} for classes {names}, got {highest}")
-    sx, sy, sz = label.geometry.spacing
     accumulator = MetricAccumulator(names, unit=ASD_UNIT)
-    accumulator.add(evaluate_case(pred.array, label.array, names, (sz, sy, sx), case_id=pred_path.name))
+    accumulator.add(evaluate_case(pred.array, label.array, names, spacing_zyx_from_xyz(label.geometry.spacing), case_id=pred_path.name))
     return accumulator.aggregate()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from mona_core.data.dataset import DatasetIndex
 from mona_core.inference.segmenter import Segmenter
 from mona_core.io import read_image, read_label, write_mask
-from mona_core.metrics import MetricAccumulator, evaluate_case
+from mona_core.metrics import MetricAccumulator, evaluate_case, spacing_zyx_from_xyz
 from mona_core.report import save_overlay_png
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ def evaluate_model(
         assert case.label is not None
         label = read_label(case.label, image.geometry, len(classes))
         mask = segmenter.segment(image)
-        sx, sy, sz = image.geometry.spacing
-        accumulator.add(evaluate_case(mask.array, label.array, classes, (sz, sy, sx), case_id=case.case_id))
+        accumulator.add(evaluate_case(mask.array, label.array, classes, spacing_zyx_from_xyz(image.geometry.spacing), case_id=case.case_id))
         if out_dir is not None:
             write_mask(mask.array, mask.geometry, out_dir / "masks" / f"{case.case_id}.nii.gz")
             save_overlay_png(

@@ -19,6 +19,7 @@ from mona_core.data.dataset import CaseRecord, DatasetIndex
 from mona_core.data.slicing import image_to_slices, label_to_slices
 from mona_core.data.splits import LabelledSelection
 from mona_core.io import read_image, read_label
+from mona_core.metrics import spacing_zyx_from_xyz
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def _val_case(case: CaseRecord, num_classes: int) -> ValCase:
     image = read_image(case.image)
     label = read_label(case.label, image.geometry, num_classes) if case.label else None
     assert label is not None
-    sx, sy, sz = image.geometry.spacing
-    return ValCase(case.case_id, image.array, label.array, (sz, sy, sx))
+    spacing = spacing_zyx_from_xyz(image.geometry.spacing)
+    return ValCase(case.case_id, image.array, label.array, (spacing[0], spacing[1], spacing[2]))
 
 
 def sample_labelled_batch(

@@ -1,0 +1,234 @@
+"""PNG figures for reports: segmentation overlays and training curves.
+
+People judge a segmentation faster from a picture than from a table, so every run and prediction can carry
+one. Matplotlib's object API (``Figure`` + ``FigureCanvasAgg``) is used instead of ``pyplot``: no global
+state, no display backend, safe in worker and API processes. Files are written atomically (temporary file,
+then replace), so a reader never sees half a PNG.
+
+Arrays are numpy ``(z, y, x)``: one panel per selected z slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "RV", "Myo", "LV")
+OVERLAY_ALPHA = 0.45
+PANEL_INCHES = 3.0
+TITLE_INCHES = 0.3
+LEGEND_INCHES = 0.8
+DPI = 100
+_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.15, 0.15),
+    (0.15, 0.80, 0.25),
+    (0.20, 0.45, 1.00),
+    (1.00, 0.80, 0.00),
+    (0.85, 0.25, 0.85),
+    (0.00, 0.80, 0.80),
+)
+
+
+def class_colour(index: int) -> tuple[float, float, float]:
+    """RGB colour of foreground class ``index`` (1-based), cycling through a fixed palette."""
+    return _PALETTE[(index - 1) % len(_PALETTE)]
+
+
+def _as_volume(array: np.ndarray, name: str) -> np.ndarray:
+    """Accept a ``(z, y, x)`` volume or a ``(y, x)`` slice (made a one-slice volume)."""
+    if array.ndim == 2:
+        return array[np.newaxis]
+    if array.ndim != 3:
+        raise ValueError(f"expected {name} as a 3D (z, y, x) or 2D (y, x) array, got shape {array.shape}")
+    return array
+
+
+def select_slices(mask: np.ndarray, max_slices: int) -> list[int]:
+    """Up to ``max_slices`` z indices with the most foreground, in z order; evenly spaced if there is none."""
+    if max_slices < 1:
+        raise ValueError(f"expected max_slices >= 1, got {max_slices}")
+    counts = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    n = min(max_slices, mask.shape[0])
+    if counts.max(initial=0) == 0:
+        return sorted({round(v) for v in np.linspace(0, mask.shape[0] - 1, n).tolist()})
+    ranked = np.argsort(-counts, kind="stable")[:n]
+    return sorted(int(z) for z in ranked if counts[z] > 0)
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """Window an intensity volume to [0, 1] between its 1st and 99th percentiles, for display only."""
+    finite = np.nan_to_num(image.astype(np.float64))
+    low, high = np.percentile(finite, [1.0, 99.0])
+    if high <= low:
+        return np.zeros_like(finite)
+    windowed: np.ndarray = np.clip((finite - low) / (high - low), 0.0, 1.0)
+    return windowed
+
+
+def _overlay_rgba(mask: np.ndarray) -> np.ndarray:
+    """RGBA image ``(y, x, 4)``: each foreground class in its colour, translucent; background transparent."""
+    rgba = np.zeros((*mask.shape, 4), dtype=np.float64)
+    for index in np.unique(mask):
+        if index <= 0:
+            continue
+        rgba[mask == index] = (*class_colour(int(index)), OVERLAY_ALPHA)
+    return rgba
+
+
+def _draw_panel(ax: Axes, image_slice: np.ndarray, mask_slice: np.ndarray, title: str) -> None:
+    ax.imshow(image_slice, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(_overlay_rgba(mask_slice), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def _legend_handles(class_names: Sequence[str], masks: Sequence[np.ndarray]) -> list[Patch]:
+    """One patch per named foreground class, plus any unnamed class index present in the masks."""
+    highest = max([len(class_names) - 1, *(int(m.max(initial=0)) for m in masks)])
+    names = [class_names[i] if i < len(class_names) else f"class {i}" for i in range(1, highest + 1)]
+    return [
+        Patch(color=class_colour(i), alpha=OVERLAY_ALPHA + 0.2, label=n) for i, n in enumerate(names, start=1)
+    ]
+
+
+def write_png_atomic(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to ``path`` through a temporary file in the same folder, then replace atomically."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=DPI)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote %s", target)
+    return target
+
+
+def _overlay_rows(
+    image: np.ndarray, prediction: np.ndarray, label: np.ndarray | None
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """Check shapes and return the image volume and the (name, mask) rows: prediction, then label if given."""
+    volume = _as_volume(image, "image")
+    rows = [("prediction", _as_volume(prediction, "prediction"))]
+    if label is not None:
+        rows.append(("label", _as_volume(label, "label")))
+    for name, mask in rows:
+        if mask.shape != volume.shape:
+            raise ValueError(f"expected {name} of the image's shape {volume.shape}, got {mask.shape}")
+    return volume, rows
+
+
+def save_overlay_png(
+    image: np.ndarray,
+    prediction: np.ndarray,
+    path: str | Path,
+    label: np.ndarray | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_slices: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Save a grid of slices: the image with the prediction as a translucent colour fill (top row) and, when a
+    label is given, the image with the label (bottom row); a legend names the classes.
+
+    ``image`` is ``(z, y, x)`` float, ``prediction``/``label`` class-index ``(z, y, x)``. The slices shown
+    are the ``max_slices`` with the most foreground in the label (or, without a label, in the prediction).
+    """
+    volume, rows = _overlay_rows(image, prediction, label)
+    slices = select_slices(rows[-1][1], max_slices)
+    height = (PANEL_INCHES + TITLE_INCHES) * len(rows) + LEGEND_INCHES
+    fig = Figure(figsize=(PANEL_INCHES * len(slices), height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(rows), len(slices), squeeze=False)
+    shown = _normalise(volume)
+    for r, (row_name, mask) in enumerate(rows):
+        for c, z in enumerate(slices):
+            _draw_panel(axes[r][c], shown[z], mask[z], f"{row_name}, z={z}")
+    masks = [m for _, m in rows]
+    handles = _legend_handles(class_names, masks)
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return write_png_atomic(fig, path)
+
+
+def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows that have a finite ``key``; a row without "step" uses its index."""
+    steps: list[float] = []
+    values: list[float] = []
+    for index, row in enumerate(history):
+        value = row.get(key)
+        if value is not None and math.isfinite(float(value)):
+            steps.append(float(row.get("step", index)))
+            values.append(float(value))
+    return steps, values
+
+
+def _loss_keys(history: Sequence[Mapping[str, float]]) -> list[str]:
+    """Keys starting with "loss", in order of first appearance."""
+    return list(dict.fromkeys(key for row in history for key in row if key.startswith("loss")))
+
+
+def _plot_losses(ax: Axes, history: Sequence[Mapping[str, float]]) -> list[Line2D]:
+    """Every loss series against step; log y when all plotted values are positive."""
+    lines: list[Line2D] = []
+    plotted: list[float] = []
+    for key in _loss_keys(history):
+        steps, values = _series(history, key)
+        if values:
+            lines += ax.plot(steps, values, label=key, linewidth=1.5 if key == "loss" else 1.0)
+            plotted += values
+    if plotted and min(plotted) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    return lines
+
+
+def _plot_val_dice(ax: Axes, history: Sequence[Mapping[str, float]]) -> list[Line2D]:
+    """Validation Dice on a second y axis, only when some rows carry it."""
+    steps, values = _series(history, "val_dice")
+    if not values:
+        return []
+    twin = ax.twinx()
+    lines = twin.plot(steps, values, "o-", color="black", label="val_dice", markersize=4)
+    twin.set_ylim(0.0, 1.0)
+    twin.set_ylabel("validation Dice")
+    return lines
+
+
+def save_loss_curve_png(
+    history: Sequence[Mapping[str, float]], path: str | Path, title: str | None = None
+) -> Path:
+    """Save the training curves: every ``loss*`` key against step, and ``val_dice`` on a second axis.
+
+    ``history`` rows look like ``{"step": 10, "loss": 0.9, "loss_ce": 0.5, "lr": 0.01, "val_dice": 0.7}``;
+    keys may be missing on some rows (validation runs only now and then). An empty history gives a
+    placeholder figure.
+    """
+    fig = Figure(figsize=(7.0, 4.5), dpi=DPI)
+    ax = fig.add_subplot()
+    lines = _plot_losses(ax, history) + _plot_val_dice(ax, history)
+    if lines:
+        ax.legend(handles=lines, loc="upper right", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, "no training history yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title or "training curves")
+    fig.tight_layout()
+    return write_png_atomic(fig, path)

@@ -1,0 +1,86 @@
+"""PNG figures: real PNGs of the expected size; edge cases (no foreground, no val rows) still draw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from mona_core.report import save_loss_curve_png, save_overlay_png, select_slices
+from mona_core.report.figures import _plot_losses
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path: Path, height: int, width: int) -> None:
+    """A complete RGBA PNG of the given pixel size, and no temporary file left beside it."""
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert 2_000 < len(data) < 5_000_000
+    assert imread(path).shape == (height, width, 4)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 24, 24)).astype(np.float32)
+    label = np.zeros((6, 24, 24), dtype=np.uint8)
+    label[1:5, 6:18, 6:18] = 1
+    label[2:4, 9:15, 9:15] = 2
+    label[3, 10:13, 10:13] = 3
+    prediction = np.roll(label, 1, axis=2)
+    return image, prediction, label
+
+
+def test_overlay_with_label(tmp_path: Path) -> None:
+    image, prediction, label = _volumes()
+    out = save_overlay_png(image, prediction, tmp_path / "overlay.png", label=label, title="case 1")
+    assert out == tmp_path / "overlay.png"
+    _check_png(out, height=740, width=1200)  # 2 rows of 3.3 in + legend 0.8 in; 4 slices x 3 in; 100 dpi
+
+
+def test_overlay_without_foreground_or_label(tmp_path: Path) -> None:
+    image, _, _ = _volumes()
+    empty = np.zeros(image.shape, dtype=np.uint8)
+    out = save_overlay_png(image, empty, tmp_path / "sub" / "empty.png", max_slices=2)
+    _check_png(out, height=410, width=600)
+
+
+def test_overlay_accepts_a_2d_slice_and_rejects_mismatched_shapes(tmp_path: Path) -> None:
+    image, prediction, _ = _volumes()
+    _check_png(save_overlay_png(image[3], prediction[3], tmp_path / "slice.png"), height=410, width=300)
+    with pytest.raises(ValueError, match=r"expected prediction of the image's shape \(6, 24, 24\), got"):
+        save_overlay_png(image, prediction[:, :10], tmp_path / "bad.png")
+
+
+def test_select_slices_prefers_foreground() -> None:
+    mask = np.zeros((6, 4, 4), dtype=np.uint8)
+    mask[4, :, :] = 1
+    mask[1, :2, :] = 1
+    mask[2, 0, 0] = 1
+    assert select_slices(mask, 2) == [1, 4]
+    assert select_slices(mask, 10) == [1, 2, 4]
+    assert select_slices(np.zeros((7, 2, 2), dtype=np.uint8), 3) == [0, 3, 6]
+
+
+def test_loss_curve_with_and_without_val_rows(tmp_path: Path) -> None:
+    history = [
+        {"step": float(s), "loss": 1.0 / s, "loss_ce": 0.6 / s, "loss_dice": 0.4 / s, "lr": 0.01}
+        for s in range(1, 30)
+    ]
+    _check_png(save_loss_curve_png(history, tmp_path / "a" / "no_val.png"), height=450, width=700)
+    with_val = [{**row, "val_dice": 0.5} if row["step"] % 10 == 0 else row for row in history]
+    _check_png(save_loss_curve_png(with_val, tmp_path / "b" / "val.png", title="run"), height=450, width=700)
+    _check_png(save_loss_curve_png([], tmp_path / "c" / "empty.png"), height=450, width=700)
+
+
+def test_loss_axis_is_log_only_when_all_losses_positive() -> None:
+    ax = Figure().add_subplot()
+    _plot_losses(ax, [{"step": 1.0, "loss": 0.5}, {"step": 2.0, "loss": 0.25}])
+    assert ax.get_yscale() == "log"
+    ax = Figure().add_subplot()
+    _plot_losses(ax, [{"step": 1.0, "loss": 0.5}, {"step": 2.0, "loss": -0.1}])
+    assert ax.get_yscale() == "linear"
