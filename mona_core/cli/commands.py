@@ -68,16 +68,10 @@ def selection_for(index: DatasetIndex, args: argparse.Namespace, run_dir: Path) 
     run_file = run_dir / "run.json"
     if run_file.is_file():
         return LabelledSelection.from_dict(json.loads(run_file.read_text())["selection"])
-    train_patients = index.patients("train")
-    eligible = [p for p in train_patients if _all_labelled(index, p)]
     return select_labelled(
-        train_patients, n_patients=args.labelled_patients, ratio=args.labelled_ratio,
-        seed=args.split_seed, eligible=eligible,
+        index.patients("train"), n_patients=args.labelled_patients, ratio=args.labelled_ratio,
+        seed=args.split_seed, eligible=index.fully_labelled_patients("train"),
     )
-
-
-def _all_labelled(index: DatasetIndex, patient: str) -> bool:
-    return all(c.label is not None for c in index.cases_in("train") if c.patient_id == patient)
 
 
 def run_train(args: argparse.Namespace) -> int:
