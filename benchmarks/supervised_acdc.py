@@ -55,8 +55,13 @@ def train_and_score(args: argparse.Namespace) -> dict[str, Any]:
     index = load_dataset(args.data)
     selection = select_labelled(index.patients("train"), n_patients=args.labelled_patients, seed=0)
     config = TrainConfig(
-        iterations=args.iterations, size=args.size, batch_size=6, val_every=args.val_every,
-        checkpoint_every=args.val_every, device="cpu", seed=0,
+        iterations=args.iterations,
+        size=args.size,
+        batch_size=6,
+        val_every=args.val_every,
+        checkpoint_every=args.val_every,
+        device="cpu",
+        seed=0,
     )
     started = time.monotonic()
     result = train(config, index, selection, args.out / "run")
@@ -67,8 +72,11 @@ def train_and_score(args: argparse.Namespace) -> dict[str, Any]:
         "protocol": {"labelled_patients": list(selection.labelled), **config.to_dict()},
         "train_wall_s": round(train_s, 1),
         "best": result.best,
-        "val": {"per_class": {k: {"dice": v["dice"], "asd": v["asd"]} for k, v in report["per_class"].items()},
-                "mean": report["mean"], "unit": report["unit"]},
+        "val": {
+            "per_class": {k: {"dice": v["dice"], "asd": v["asd"]} for k, v in report["per_class"].items()},
+            "mean": report["mean"],
+            "unit": report["unit"],
+        },
         "model_dir": str(exported.model_dir),
     }
 
@@ -94,7 +102,11 @@ def inference_speed(model_dir: Path, data: Path, repeats: int) -> dict[str, Any]
     volume_s = time.perf_counter() - start
     return {
         "slice_256_ms": {"onnxruntime": round(ort_ms, 1), "pytorch": round(torch_ms, 1)},
-        "volume": {"case": case.case_id, "size_xyz": list(image.geometry.size), "seconds": round(volume_s, 2)},
+        "volume": {
+            "case": case.case_id,
+            "size_xyz": list(image.geometry.size),
+            "seconds": round(volume_s, 2),
+        },
     }
 
 

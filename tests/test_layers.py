@@ -30,7 +30,15 @@ def test_mona_core_knows_nothing_of_the_service() -> None:
     offenders = []
     for path in (ROOT / "mona_core").rglob("*.py"):
         text = path.read_text()
-        for needle in ("import services", "from services", "os.environ", "getenv", "sqlalchemy", "celery", "fastapi"):
+        for needle in (
+            "import services",
+            "from services",
+            "os.environ",
+            "getenv",
+            "sqlalchemy",
+            "celery",
+            "fastapi",
+        ):
             if needle in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert offenders == []

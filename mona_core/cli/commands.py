@@ -12,6 +12,7 @@ from mona_core.cli.console import TrainingBar, emit, format_report
 from mona_core.data.dataset import DatasetIndex, load_dataset
 from mona_core.data.splits import LabelledSelection, select_labelled
 
+
 def add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a segmentation model on a dataset folder")
     p.add_argument("--data", required=True, type=Path, help="nnU-Net raw folder or a folder of image/label pairs")
@@ -69,8 +70,11 @@ def selection_for(index: DatasetIndex, args: argparse.Namespace, run_dir: Path) 
     if run_file.is_file():
         return LabelledSelection.from_dict(json.loads(run_file.read_text())["selection"])
     return select_labelled(
-        index.patients("train"), n_patients=args.labelled_patients, ratio=args.labelled_ratio,
-        seed=args.split_seed, eligible=index.fully_labelled_patients("train"),
+        index.patients("train"),
+        n_patients=args.labelled_patients,
+        ratio=args.labelled_ratio,
+        seed=args.split_seed,
+        eligible=index.fully_labelled_patients("train"),
     )
 
 
@@ -81,11 +85,18 @@ def run_train(args: argparse.Namespace) -> int:
     index = load_dataset(args.data, preset=args.preset, patient_pattern=args.patient_pattern)
     selection = selection_for(index, args, args.out)
     config = TrainConfig().with_overrides(
-        method=args.method, iterations=args.iterations, size=args.size, batch_size=args.batch_size,
-        val_every=args.val_every, seed=args.seed, device=args.device,
+        method=args.method,
+        iterations=args.iterations,
+        size=args.size,
+        batch_size=args.batch_size,
+        val_every=args.val_every,
+        seed=args.seed,
+        device=args.device,
     )
-    emit(f"training {config.method} on {index.name}: {len(selection.labelled)} labelled patients "
-         f"({', '.join(selection.labelled)}), {len(selection.unlabelled)} unlabelled; run dir {args.out}")
+    emit(
+        f"training {config.method} on {index.name}: {len(selection.labelled)} labelled patients "
+        f"({', '.join(selection.labelled)}), {len(selection.unlabelled)} unlabelled; run dir {args.out}"
+    )
     with TrainingBar(config.iterations) as bar:
         result = train(config, index, selection, args.out, progress=bar.update)
     emit(f"done: {result.steps} iterations, best {result.best}; checkpoints in {args.out / 'checkpoints'}")
@@ -97,8 +108,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run_dir, args.out or args.run_dir / "model")
     parity = result.manifest.parity
-    emit(f"exported {result.model_dir} (ONNX opset {result.manifest.opset}; parity max |diff| "
-         f"{parity.get('max_abs_diff_random')} random, {parity.get('max_abs_diff_real')} real)")
+    emit(
+        f"exported {result.model_dir} (ONNX opset {result.manifest.opset}; parity max |diff| "
+        f"{parity.get('max_abs_diff_random')} random, {parity.get('max_abs_diff_real')} real)"
+    )
     return 0
 
 

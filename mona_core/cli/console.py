@@ -26,7 +26,10 @@ class TrainingBar:
     def update(self, event: ProgressEvent) -> None:
         self._bar.total = event.total
         self._bar.n = event.step
-        postfix: dict[str, str] = {"loss": f"{event.losses.get('loss', float('nan')):.3f}", "lr": f"{event.lr:.1e}"}
+        postfix: dict[str, str] = {
+            "loss": f"{event.losses.get('loss', float('nan')):.3f}",
+            "lr": f"{event.lr:.1e}",
+        }
         if event.best_val_dice is not None:
             postfix["best_val_dsc"] = f"{event.best_val_dice:.3f}"
         self._bar.set_postfix(postfix, refresh=False)

@@ -64,8 +64,11 @@ def run_demo(args: argparse.Namespace) -> int:
     mask = segmenter.segment(image)
     mask_path = write_mask(mask.array, mask.geometry, out / "heldout" / "mask.nii.gz")
     overlay = save_overlay_png(
-        image.array, mask.array, out / "heldout" / "overlay.png",
-        label=read_image(held_label).array.astype("uint8"), class_names=segmenter.manifest.classes,
+        image.array,
+        mask.array,
+        out / "heldout" / "overlay.png",
+        label=read_image(held_label).array.astype("uint8"),
+        class_names=segmenter.manifest.classes,
         title="held-out phantom: prediction vs label",
     )
     emit(f"4/5 mask written to {mask_path} on the scan's grid (size {mask.geometry.size})")

@@ -27,7 +27,15 @@ def evaluate_files(pred_path: Path, label_path: Path, classes: str | None) -> di
     if highest >= len(names):
         raise ValueError(f"expected label values below {len(names)} for classes {names}, got {highest}")
     accumulator = MetricAccumulator(names, unit=ASD_UNIT)
-    accumulator.add(evaluate_case(pred.array, label.array, names, spacing_zyx_from_xyz(label.geometry.spacing), case_id=pred_path.name))
+    accumulator.add(
+        evaluate_case(
+            pred.array,
+            label.array,
+            names,
+            spacing_zyx_from_xyz(label.geometry.spacing),
+            case_id=pred_path.name,
+        )
+    )
     return accumulator.aggregate()
 
 

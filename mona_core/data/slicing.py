@@ -41,9 +41,7 @@ def label_to_slices(array: np.ndarray, size: int) -> np.ndarray:
     return resize_slices(array.astype(np.uint8, copy=False), size, size, order=0)
 
 
-def predict_volume(
-    array: np.ndarray, predict: PredictFn, preset: str, size: int, batch_size: int = 16
-) -> np.ndarray:
+def predict_volume(array: np.ndarray, predict: PredictFn, preset: str, size: int, batch_size: int = 16) -> np.ndarray:
     """Segment a raw image volume (z, y, x) slice by slice; returns a uint8 mask of the same shape."""
     slices = image_to_slices(array, preset, size)
     labels = np.empty((slices.shape[0], size, size), dtype=np.uint8)

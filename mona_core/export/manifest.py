@@ -176,8 +176,7 @@ def load_model_dir(model_dir: str | Path) -> tuple[Path, Manifest]:
     actual = sha256_file(onnx_path)
     if actual != manifest.onnx_sha256:
         raise ManifestError(
-            f"expected {MODEL_FILE} with sha256 {manifest.onnx_sha256}, got {actual} "
-            "(tampered or corrupt model)"
+            f"expected {MODEL_FILE} with sha256 {manifest.onnx_sha256}, got {actual} (tampered or corrupt model)"
         )
     logger.debug("model directory %s verified (sha256 %s)", directory, actual[:12])
     return onnx_path, manifest

@@ -256,6 +256,4 @@ def _publish(staging: Path, target: Path) -> None:
     try:
         os.replace(staging, target)
     except OSError as exc:
-        raise ExportError(f"expected an empty or new output directory, got {target} ({exc.strerror})") from (
-            exc
-        )
+        raise ExportError(f"expected an empty or new output directory, got {target} ({exc.strerror})") from (exc)

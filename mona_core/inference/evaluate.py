@@ -31,9 +31,7 @@ def evaluate_model(
     """Per case and per class DSC/ASD on ``split`` plus the means; masks and overlays go to ``out_dir`` if given."""
     classes = segmenter.manifest.classes
     if tuple(classes) != tuple(index.classes):
-        raise ValueError(
-            f"expected the dataset's classes to be the model's {list(classes)}, got {list(index.classes)}"
-        )
+        raise ValueError(f"expected the dataset's classes to be the model's {list(classes)}, got {list(index.classes)}")
     cases = [case for case in index.cases_in(split) if case.label is not None]
     if not cases:
         raise ValueError(f"expected labelled cases in split {split!r}, got none")
@@ -43,7 +41,15 @@ def evaluate_model(
         assert case.label is not None
         label = read_label(case.label, image.geometry, len(classes))
         mask = segmenter.segment(image)
-        accumulator.add(evaluate_case(mask.array, label.array, classes, spacing_zyx_from_xyz(image.geometry.spacing), case_id=case.case_id))
+        accumulator.add(
+            evaluate_case(
+                mask.array,
+                label.array,
+                classes,
+                spacing_zyx_from_xyz(image.geometry.spacing),
+                case_id=case.case_id,
+            )
+        )
         if out_dir is not None:
             write_mask(mask.array, mask.geometry, out_dir / "masks" / f"{case.case_id}.nii.gz")
             save_overlay_png(

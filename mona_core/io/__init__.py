@@ -1,8 +1,8 @@
 """NIfTI in and out, geometry kept (SimpleITK)."""
 
+from mona_core.io.errors import NiftiError
 from mona_core.io.nifti import (
     Geometry,
-    NiftiError,
     Volume,
     is_nifti_name,
     read_image,

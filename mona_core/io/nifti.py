@@ -9,22 +9,19 @@ A 2D single slice is accepted and becomes a one-slice volume; 4D images are reje
 
 from __future__ import annotations
 
-import gzip
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from mona_core.io.errors import NiftiError
+from mona_core.io.payload import check_payload
+
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-class NiftiError(ValueError):
-    """A file is not a usable NIfTI volume; the message says what was expected and what was found."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,11 @@ class Geometry:
         """True when both grids have the same size and, within ``tolerance``, spacing, origin and direction."""
         if self.size != other.size:
             return False
-        pairs = ((self.spacing, other.spacing), (self.origin, other.origin), (self.direction, other.direction))
+        pairs = (
+            (self.spacing, other.spacing),
+            (self.origin, other.origin),
+            (self.direction, other.direction),
+        )
         return all(np.allclose(a, b, atol=tolerance, rtol=0.0) for a, b in pairs)
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
@@ -98,18 +99,7 @@ def _check_readable(path: Path) -> None:
         raise NiftiError(f"expected a .nii or .nii.gz file, got {path.name}")
     if path.stat().st_size == 0:
         raise NiftiError(f"expected a NIfTI file, got an empty file ({path.name})")
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
-
-
-def _check_gzip_complete(path: Path) -> None:
-    """Decompress the whole stream once: a truncated gzip fails here with a clear message."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise NiftiError(f"expected a complete gzip-compressed NIfTI file, got a broken one ({exc})") from exc
+    check_payload(path)
 
 
 def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
@@ -131,12 +121,10 @@ def _read_sitk(path: Path) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise NiftiError(f"expected a readable NIfTI file, got one SimpleITK cannot read: {first_line}") from exc
+        last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise NiftiError(f"expected a readable NIfTI file, got one SimpleITK cannot read: {last_line}") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise NiftiError(
-            f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
-        )
+        raise NiftiError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     return _to_3d(image, path.name)
 
 
@@ -174,8 +162,8 @@ def read_label(path: str | Path, image_geometry: Geometry | None = None, num_cla
     if image_geometry is not None and not geometry.matches(image_geometry):
         raise NiftiError(
             f"expected the label on the image grid (size {image_geometry.size}, spacing {image_geometry.spacing}, "
-            f"origin {image_geometry.origin}), got size {geometry.size}, spacing {geometry.spacing}, "
-            f"origin {geometry.origin}"
+            f"origin {image_geometry.origin}, direction {image_geometry.direction}), got size {geometry.size}, "
+            f"spacing {geometry.spacing}, origin {geometry.origin}, direction {geometry.direction}"
         )
     raw = sitk.GetArrayFromImage(image)
     return Volume(array=validate_label_array(raw, num_classes, path.name), geometry=geometry)

@@ -96,9 +96,7 @@ def _check_inputs(
 ) -> None:
     """Reject inputs that would give silently wrong numbers (shape, dtype, spacing, class list)."""
     if pred.shape != label.shape:
-        raise ValueError(
-            f"expected prediction and label of the same shape, got {pred.shape} and {label.shape}"
-        )
+        raise ValueError(f"expected prediction and label of the same shape, got {pred.shape} and {label.shape}")
     for name, arr in (("prediction", pred), ("label", label)):
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise ValueError(f"expected an integer class-index {name} array, got dtype {arr.dtype}")

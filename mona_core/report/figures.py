@@ -99,9 +99,7 @@ def _legend_handles(class_names: Sequence[str], masks: Sequence[np.ndarray]) -> 
     """One patch per named foreground class, plus any unnamed class index present in the masks."""
     highest = max([len(class_names) - 1, *(int(m.max(initial=0)) for m in masks)])
     names = [class_names[i] if i < len(class_names) else f"class {i}" for i in range(1, highest + 1)]
-    return [
-        Patch(color=class_colour(i), alpha=OVERLAY_ALPHA + 0.2, label=n) for i, n in enumerate(names, start=1)
-    ]
+    return [Patch(color=class_colour(i), alpha=OVERLAY_ALPHA + 0.2, label=n) for i, n in enumerate(names, start=1)]
 
 
 def write_png_atomic(fig: Figure, path: str | Path) -> Path:
@@ -212,9 +210,7 @@ def _plot_val_dice(ax: Axes, history: Sequence[Mapping[str, float]]) -> list[Lin
     return lines
 
 
-def save_loss_curve_png(
-    history: Sequence[Mapping[str, float]], path: str | Path, title: str | None = None
-) -> Path:
+def save_loss_curve_png(history: Sequence[Mapping[str, float]], path: str | Path, title: str | None = None) -> Path:
     """Save the training curves: every ``loss*`` key against step, and ``val_dice`` on a second axis.
 
     ``history`` rows look like ``{"step": 10, "loss": 0.9, "loss_ce": 0.5, "lr": 0.01, "val_dice": 0.7}``;

@@ -26,7 +26,13 @@ from mona_core.training.checkpoint import BEST, LAST, load_checkpoint, save_chec
 from mona_core.training.config import TrainConfig
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.schedule import step_decay_lr
-from mona_core.training.slices import SliceBank, ValCase, build_slice_bank, load_val_cases, sample_labelled_batch
+from mona_core.training.slices import (
+    SliceBank,
+    ValCase,
+    build_slice_bank,
+    load_val_cases,
+    sample_labelled_batch,
+)
 from mona_core.training.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -138,7 +144,9 @@ def _loop(
             elapsed = time.monotonic() - started
             eta = elapsed / (state.step - first_step) * (config.iterations - state.step)
             best_dice = state.best["val_dice"] if state.best else None
-            progress(ProgressEvent("train", state.step, config.iterations, losses, lr, val_dice, best_dice, elapsed, eta))
+            progress(
+                ProgressEvent("train", state.step, config.iterations, losses, lr, val_dice, best_dice, elapsed, eta)
+            )
         if state.step % config.checkpoint_every == 0 or state.step == config.iterations:
             _save(state, config, index, run_dir, LAST)
     _finish(state, run_dir)
@@ -155,7 +163,7 @@ def _train_step(
     images, labels = sample_labelled_batch(bank, config.batch_size, state.rng, config.augment)
     parts = supervised_loss(state.model(images.to(device)), labels.to(device))
     state.optimizer.zero_grad(set_to_none=True)
-    parts["loss"].backward()
+    parts["loss"].backward()  # type: ignore[no-untyped-call]
     state.optimizer.step()
     return {name: float(value.detach()) for name, value in parts.items()}, lr
 

@@ -42,11 +42,27 @@ def test_export_writes_the_model_directory(model_dir: Path) -> None:
 def test_segment_keeps_the_input_grid(model_dir: Path, phantom_dataset: Path, tmp_path: Path) -> None:
     case = load_dataset(phantom_dataset).cases_in("val")[0]
     out = tmp_path / "mask.nii.gz"
-    assert main(["segment", "--model", str(model_dir), str(case.image), "-o", str(out), "--overlay", str(tmp_path / "o.png")]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--model",
+                str(model_dir),
+                str(case.image),
+                "-o",
+                str(out),
+                "--overlay",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 0
+    )
     image, mask = read_image(case.image), read_label(out)
     # NIfTI stores the direction as a float32 quaternion: a re-encoded direction may move by ~1e-8.
     assert (mask.geometry.size, mask.geometry.spacing, mask.geometry.origin) == (
-        image.geometry.size, image.geometry.spacing, image.geometry.origin,
+        image.geometry.size,
+        image.geometry.spacing,
+        image.geometry.origin,
     )
     assert mask.geometry.matches(image.geometry, tolerance=1e-6)
     assert (tmp_path / "o.png").is_file()
@@ -58,7 +74,21 @@ def test_evaluate_pred_against_label(
     case = load_dataset(phantom_dataset).cases_in("val")[0]
     assert case.label is not None
     capsys.readouterr()
-    assert main(["evaluate", "--pred", str(case.label), "--label", str(case.label), "--classes", "background,RV,Myo,LV", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(case.label),
+                "--label",
+                str(case.label),
+                "--classes",
+                "background,RV,Myo,LV",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["mean"]["dice"] == pytest.approx(1.0) and report["mean"]["asd"] == pytest.approx(0.0)
     assert set(report["per_class"]) == {"RV", "Myo", "LV"}
@@ -74,7 +104,9 @@ def test_evaluate_model_on_split(
     assert report["split"] == "val" and len(report["cases"]) == 2
     for case in report["cases"]:
         assert set(case["classes"]) == {"RV", "Myo", "LV"}
-        assert all(c["status"] in {"ok", "both_empty", "prediction_empty", "label_empty"} for c in case["classes"].values())
+        assert all(
+            c["status"] in {"ok", "both_empty", "prediction_empty", "label_empty"} for c in case["classes"].values()
+        )
     assert (tmp_path / "report" / "report.json").is_file()
     assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 2
 

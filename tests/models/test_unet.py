@@ -10,7 +10,12 @@ def test_paper_unet_size_and_shapes() -> None:
     out = model.forward_features(torch.zeros(2, 1, 64, 64))
     assert out.logits.shape == (2, 4, 64, 64)
     assert out.bottleneck.shape == (2, 256, 4, 4)
-    assert [tuple(f.shape[1:]) for f in out.decoder] == [(128, 8, 8), (64, 16, 16), (32, 32, 32), (16, 64, 64)]
+    assert [tuple(f.shape[1:]) for f in out.decoder] == [
+        (128, 8, 8),
+        (64, 16, 16),
+        (32, 32, 32),
+        (16, 64, 64),
+    ]
 
 
 def test_config_round_trip_and_validation() -> None:

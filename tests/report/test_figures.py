@@ -68,8 +68,7 @@ def test_select_slices_prefers_foreground() -> None:
 
 def test_loss_curve_with_and_without_val_rows(tmp_path: Path) -> None:
     history = [
-        {"step": float(s), "loss": 1.0 / s, "loss_ce": 0.6 / s, "loss_dice": 0.4 / s, "lr": 0.01}
-        for s in range(1, 30)
+        {"step": float(s), "loss": 1.0 / s, "loss_ce": 0.6 / s, "loss_dice": 0.4 / s, "lr": 0.01} for s in range(1, 30)
     ]
     _check_png(save_loss_curve_png(history, tmp_path / "a" / "no_val.png"), height=450, width=700)
     with_val = [{**row, "val_dice": 0.5} if row["step"] % 10 == 0 else row for row in history]

@@ -23,7 +23,8 @@ def test_defaults_are_the_papers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("size", 100), ("iterations", 0), ("device", "tpu"), ("method", "magic"), ("lr", -1.0)]
+    ("option", "value"),
+    [("size", 100), ("iterations", 0), ("device", "tpu"), ("method", "magic"), ("lr", -1.0)],
 )
 def test_invalid_options_are_rejected_with_the_reason(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"expected {option}"):

@@ -38,7 +38,11 @@ def test_run_writes_checkpoints_history_and_progress(phantom_dataset: Path, tmp_
     assert events[2].val_dice is not None and 0.0 <= events[2].val_dice <= 1.0
     assert result.best is not None and result.best["step"] in (3, 6)
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert saved["step"] == 6 and saved["data"] == {"classes": list(index.classes), "preset": "mri", "size": 32}
+    assert saved["step"] == 6 and saved["data"] == {
+        "classes": list(index.classes),
+        "preset": "mri",
+        "size": 32,
+    }
     assert TrainConfig.from_dict(saved["train_config"]) == TINY
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"loss", "loss_ce", "loss_dice", "lr"} <= set(rows[0])

