@@ -9,10 +9,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from mona_core.cli import commands, demo
 from mona_core.data.dataset import DatasetError
 from mona_core.io import NiftiError
+
+PLUGIN_GROUP = "mona.commands"
+"""Packages add subcommands through this entry-point group (the service adds ``serve``, ``api``, ``worker``,
+``db``); each entry point is a function taking the subparsers object. mona_core itself never imports them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_segment(sub)
     commands.add_evaluate(sub)
     demo.add_demo(sub)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""One ``Settings`` object for the API, the workers and the migrations, read from environment variables.
+
+The embedded default needs no servers: SQLite in the data directory and Celery's filesystem transport in a
+folder beside it. Point ``DATABASE_URL`` at Postgres and ``BROKER_URL`` at Redis for the real deployment; the code
+path is the same.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    """Environment variables (case-insensitive); each field's alias is the variable name."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, populate_by_name=True, extra="ignore")
+
+    data_dir: Path = Field(default=Path("mona-data"), alias="MONA_DATA_DIR")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    broker_url: str = Field(default=EMBEDDED_BROKER, alias="BROKER_URL")
+    api_key: str | None = Field(default=None, alias="MONA_API_KEY")
+    max_upload_bytes: int = Field(default=1 << 30, alias="MONA_MAX_UPLOAD_BYTES")
+    max_archive_bytes: int = Field(default=8 << 30, alias="MONA_MAX_ARCHIVE_BYTES")
+    max_voxels: int = Field(default=512 * 512 * 1024, alias="MONA_MAX_VOXELS")
+    worker_queues: str = Field(default="gpu,cpu", alias="MONA_WORKER_QUEUES")
+    stale_job_seconds: float = Field(default=120.0, alias="MONA_STALE_JOB_SECONDS")
+    visibility_timeout_s: int = Field(default=7 * 24 * 3600, alias="MONA_VISIBILITY_TIMEOUT_S")
+    log_level: str = Field(default="INFO", alias="MONA_LOG_LEVEL")
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """``DATABASE_URL``, else a SQLite file in the data directory (the embedded default)."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'mona.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith(EMBEDDED_BROKER)
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for ``postgres://`` / ``postgresql://`` URLs (what managed Postgres services hand out)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
