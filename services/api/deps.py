@@ -1,0 +1,70 @@
+"""FastAPI dependencies: settings, a database session, the artifact store, the task sender and the API-key check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session
+
+from services.common.auth import find_key
+from services.common.db import session_factory
+from services.common.settings import Settings
+from services.common.storage import ArtifactStore
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = session_factory(settings.sqlalchemy_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+def get_celery(request: Request) -> Celery:
+    app: Celery = request.app.state.celery
+    return app
+
+
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def require_api_key(session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
+    """401 without a key, 403 with a wrong or revoked one; returns the key's id."""
+    if not key:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "expected an X-API-Key header, got none")
+    row = find_key(session, key)
+    if row is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "expected a valid API key, got an unknown or revoked one")
+    return row.id
+
+
+ApiKeyDep = Annotated[str, Depends(require_api_key)]
