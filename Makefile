@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mona demo
+	$(BIN)/mona serve --demo --data-dir demo-output/service
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

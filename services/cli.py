@@ -13,9 +13,10 @@ from typing import Any
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the API and a worker on this machine (SQLite + local broker)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, help="default 8000 (with --demo: a free port)")
     serve.add_argument("--data-dir", type=Path, help="where the database, broker and artifacts live")
     serve.add_argument("--api-key", help="API key to accept (default: MONA_API_KEY, else one is generated)")
+    serve.add_argument("--demo", action="store_true", help="run the REST demo against the server, then stop")
     serve.set_defaults(handler=_serve)
 
     api = sub.add_parser("api", help="run the REST API (runs database migrations first)")
@@ -36,9 +37,10 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from services.embedded import serve
+    from services.embedded import free_port, serve
 
-    return serve(host=args.host, port=args.port, data_dir=args.data_dir, api_key=args.api_key)
+    port = args.port or (free_port(args.host) if args.demo else 8000)
+    return serve(host=args.host, port=port, data_dir=args.data_dir, api_key=args.api_key, demo=args.demo)
 
 
 def _api(args: argparse.Namespace) -> int:
