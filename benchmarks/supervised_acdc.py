@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from mona_core.cli.exporting import export_run
-from mona_core.export.onnx_export import export_checkpoint
 from mona_core.data.dataset import load_dataset
 from mona_core.data.splits import select_labelled
+from mona_core.export.onnx_export import export_checkpoint
 from mona_core.inference.evaluate import evaluate_model
 from mona_core.inference.segmenter import Segmenter
 from mona_core.io import read_image, write_mask
