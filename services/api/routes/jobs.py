@@ -1,0 +1,156 @@
+"""Training jobs: create (validated, committed, then sent to a GPU worker), list, read progress, metrics, logs, cancel.
+
+The API only writes a job's request and its cancel flag; the worker owns every progress field.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from typing import Annotated, Any, Final, cast
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy.orm import Session
+
+from mona_core.training.config import TrainConfig
+from services.api.deps import CeleryDep, SessionDep
+from services.api.routes.reports import get_or_404, send_or_fail
+from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
+from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
+from services.common.tasks import send_train
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["jobs"])
+
+KINDS: Final = ("supervised",)
+_TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def _check_types(config: dict[str, Any]) -> None:
+    """Reject JSON values of the wrong type (``"iterations": "10"``, ``"size": 1.5``, ``"seed": true``)."""
+    annotations = {field.name: str(field.type) for field in fields(TrainConfig)}
+    for name, value in config.items():
+        allowed = _TYPES.get(annotations.get(name, ""))
+        wrong_bool = isinstance(value, bool) and bool not in (allowed or ())
+        if allowed is not None and (wrong_bool or not isinstance(value, allowed)):
+            raise _unprocessable(f"expected {name} to be {annotations[name]}, got {type(value).__name__} {value!r}")
+
+
+def validate_request(body: JobCreate) -> TrainConfig:
+    """The ``TrainConfig`` of a request, or 422 with what was expected."""
+    if body.kind not in KINDS:
+        raise _unprocessable(f"expected kind in {list(KINDS)}, got {body.kind!r}")
+    if body.labelled_patients is not None and body.labelled_ratio is not None:
+        raise _unprocessable(
+            f"expected labelled_patients or labelled_ratio, got both ({body.labelled_patients}, {body.labelled_ratio})"
+        )
+    _check_types(body.config)
+    try:
+        return TrainConfig.from_dict({**body.config, "device": body.device, "method": body.kind})
+    except ValueError as exc:
+        raise _unprocessable(str(exc)) from exc
+
+
+def _check_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset (404 if unknown), which must hold a labelled case (422); the worker picks the patients."""
+    dataset = get_or_404(session, Dataset, dataset_id, "dataset")
+    labelled = session.scalar(
+        select(func.count()).select_from(Case).where(Case.dataset_id == dataset.id, Case.label_key.is_not(None))
+    )
+    if not labelled:
+        raise _unprocessable(f"expected a dataset with at least one labelled case, got none in dataset {dataset.id}")
+    return dataset
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_job(body: JobCreate, session: SessionDep, celery: CeleryDep) -> JobPublic:
+    """Queue a training job; 503 (and the job marked failed) when the task broker cannot be reached."""
+    config = validate_request(body)
+    dataset = _check_dataset(session, body.dataset_id)
+    job = TrainingJob(
+        id=new_id(),
+        kind=body.kind,
+        dataset_id=dataset.id,
+        config=config.to_dict(),
+        labelled_patients=body.labelled_patients,
+        labelled_ratio=body.labelled_ratio,
+        device=body.device,
+        total_iterations=config.iterations,
+    )
+    session.add(job)
+    session.commit()
+    send_or_fail(session, job, lambda: send_train(celery, job.id))
+    logger.info("queued %s job %s on dataset %s", job.kind, job.id, dataset.id)
+    return JobPublic.model_validate(job)
+
+
+@router.get("/jobs", response_model=list[JobPublic])
+def list_jobs(
+    session: SessionDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobPublic]:
+    """Jobs, newest first, optionally only those with one status."""
+    query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
+    if status_filter is not None:
+        query = query.where(TrainingJob.status == status_filter.value)
+    return [JobPublic.model_validate(job) for job in session.scalars(query.limit(limit).offset(offset))]
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep) -> JobPublic:
+    return JobPublic.model_validate(get_or_404(session, TrainingJob, job_id, "job"))
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
+def get_job_metrics(job_id: str, session: SessionDep) -> JobMetrics:
+    """Logged steps ordered by step: losses, lr and, on validation steps, the validation DSC."""
+    job = get_or_404(session, TrainingJob, job_id, "job")
+    rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
+    history = [{"step": row.step, **{k: v for k, v in row.values.items() if k != "step"}} for row in rows]
+    return JobMetrics(job_id=job.id, history=history)
+
+
+@router.get("/jobs/{job_id}/logs", response_model=JobLogs)
+def get_job_logs(job_id: str, session: SessionDep) -> JobLogs:
+    job = get_or_404(session, TrainingJob, job_id, "job")
+    rows = session.scalars(select(JobLog).where(JobLog.job_id == job.id).order_by(JobLog.id))
+    lines = [JobLogLine(at=row.created_at, level=row.level, message=row.message) for row in rows]
+    return JobLogs(job_id=job.id, lines=lines)
+
+
+def _update_if(job_id: str, state: JobStatus) -> Update:
+    """An UPDATE of the job that only applies while it still has status ``state``."""
+    return update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status == state.value)
+
+
+def _updated(session: Session, statement: Update) -> int:
+    """Rows changed by an UPDATE (0 when its WHERE no longer matches)."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+    """Queued: cancelled at once. Running: flagged; the worker stops at its next step. Finished: 409.
+
+    Conditional updates, so a worker that picks the job up meanwhile cannot be overwritten.
+    """
+    job = get_or_404(session, TrainingJob, job_id, "job")
+    cancelled = {"status": JobStatus.CANCELLED.value, "stage": "cancelled", "finished_at": utcnow()}
+    queued = _update_if(job.id, JobStatus.QUEUED).values(cancel_requested=True, **cancelled)
+    running = _update_if(job.id, JobStatus.RUNNING).values(cancel_requested=True)
+    if not _updated(session, queued) and not _updated(session, running):
+        session.refresh(job)
+        raise HTTPException(status.HTTP_409_CONFLICT, f"expected a queued or running job, got status {job.status}")
+    session.commit()
+    session.refresh(job)
+    logger.info("cancel requested for job %s (now %s)", job.id, job.status)
+    return JobPublic.model_validate(job)

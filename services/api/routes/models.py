@@ -1,0 +1,169 @@
+"""Models and segmentations: list and download exported models, segment an uploaded scan, fetch its outputs.
+
+Segmentation runs in the API process with ONNX Runtime (``services.api.segmentation``; no torch). The mask
+comes back on exactly the input's grid; with a label, a DSC/ASD report and an overlay PNG are recorded too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.api.deps import SessionDep, SettingsDep, StoreDep
+from services.api.routes.reports import api_path, get_or_404, report_public, stored_file
+from services.api.schemas.models import ModelPublic, SegmentationPublic
+from services.api.segmentation import Upload, case_id_from, check_voxels, receive_upload, segment_upload
+from services.common.models import Model, Report, Segmentation
+from services.common.settings import Settings
+from services.common.storage import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["models"])
+segmentations = APIRouter(tags=["segmentations"])
+
+MASK_MEDIA_TYPE = "application/gzip"
+_FILE_RESPONSE: dict[str, Any] = {"content": {"application/octet-stream": {}}}
+
+
+@router.get("/models", response_model=list[ModelPublic])
+def list_models(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ModelPublic]:
+    """Exported models, newest first."""
+    query = select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+    return [ModelPublic.model_validate(model) for model in session.scalars(query)]
+
+
+@router.get("/models/{model_id}", response_model=ModelPublic)
+def get_model(model_id: str, session: SessionDep) -> ModelPublic:
+    return ModelPublic.model_validate(get_or_404(session, Model, model_id, "model"))
+
+
+@router.get("/models/{model_id}/onnx", response_class=FileResponse, responses={200: _FILE_RESPONSE})
+def get_model_onnx(model_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    """The ONNX graph; its sha256 is ``onnx_sha256`` (and is pinned in the manifest)."""
+    model = get_or_404(session, Model, model_id, "model")
+    path = stored_file(store, model.onnx_key, "ONNX file")
+    return FileResponse(path, media_type="application/octet-stream", filename="model.onnx")
+
+
+@router.get(
+    "/models/{model_id}/manifest", response_class=FileResponse, responses={200: {"content": {"application/json": {}}}}
+)
+def get_model_manifest(model_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    """The manifest (preset, size, classes, tensor names, parity, source): what inference needs besides the graph."""
+    model = get_or_404(session, Model, model_id, "model")
+    return FileResponse(stored_file(store, model.manifest_key, "manifest"), media_type="application/json")
+
+
+def _receive(
+    store: ArtifactStore, settings: Settings, image: UploadFile, label: UploadFile | None
+) -> tuple[Upload, Upload | None]:
+    """Both uploads in staging files (413 past the size or voxel cap); nothing is left behind on failure."""
+    received = receive_upload(store, image.file, image.filename, settings.max_upload_bytes)
+    try:
+        check_voxels(received.path, settings.max_voxels)
+        if label is None:
+            return received, None
+        return received, receive_upload(store, label.file, label.filename, settings.max_upload_bytes)
+    except BaseException:
+        store.discard(received.path)
+        raise
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "").lower()
+
+
+def _mask_response(store: ArtifactStore, row: Segmentation) -> FileResponse:
+    headers = {"X-Segmentation-Id": row.id}
+    if row.report_id is not None:
+        headers["X-Report-Id"] = row.report_id
+    path = stored_file(store, row.mask_key, "mask")
+    return FileResponse(path, media_type=MASK_MEDIA_TYPE, filename="mask.nii.gz", headers=headers)
+
+
+def _segmentation_public(request: Request, session: Session, row: Segmentation) -> SegmentationPublic:
+    report = session.get(Report, row.report_id) if row.report_id is not None else None
+    overlay = api_path(request, "segmentation_overlay", segmentation_id=row.id) if row.overlay_key else None
+    return SegmentationPublic(
+        id=row.id,
+        model_id=row.model_id,
+        mask_url=api_path(request, "segmentation_mask", segmentation_id=row.id),
+        overlay_url=overlay,
+        report_id=row.report_id,
+        report=report_public(request, session, report) if report is not None else None,
+        geometry=row.geometry,
+        seconds=row.seconds,
+    )
+
+
+@router.post(
+    "/models/{model_id}/segment",
+    response_model=None,
+    responses={200: {"content": {MASK_MEDIA_TYPE: {}, "application/json": {}}}},
+)
+def segment(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="the scan, .nii or .nii.gz")],
+    label: Annotated[UploadFile | None, File(description="optional label map on the scan's grid")] = None,
+) -> Response:
+    """Segment one scan: the mask (``mask.nii.gz``, on the input's grid) or, with ``Accept: application/json``,
+    a JSON summary. With a label, a DSC/ASD report and an overlay are recorded (``X-Report-Id``)."""
+    model = get_or_404(session, Model, model_id, "model")
+    image_upload, label_upload = _receive(store, settings, image, label)
+    try:
+        row = segment_upload(session, store, model, image_upload, label_upload, case_id_from(image.filename))
+    finally:
+        store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
+    session.commit()
+    if _wants_json(request):
+        return JSONResponse(_segmentation_public(request, session, row).model_dump(mode="json"))
+    return _mask_response(store, row)
+
+
+@segmentations.get("/segmentations/{segmentation_id}", response_model=SegmentationPublic)
+def get_segmentation(segmentation_id: str, request: Request, session: SessionDep) -> SegmentationPublic:
+    row = get_or_404(session, Segmentation, segmentation_id, "segmentation")
+    return _segmentation_public(request, session, row)
+
+
+@segmentations.get(
+    "/segmentations/{segmentation_id}/mask",
+    name="segmentation_mask",
+    response_class=FileResponse,
+    responses={200: {"content": {MASK_MEDIA_TYPE: {}}}},
+)
+def get_segmentation_mask(segmentation_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    return _mask_response(store, get_or_404(session, Segmentation, segmentation_id, "segmentation"))
+
+
+@segmentations.get(
+    "/segmentations/{segmentation_id}/overlay",
+    name="segmentation_overlay",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_segmentation_overlay(segmentation_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    """The overlay PNG (image, prediction and label); only segmentations made with a label have one."""
+    row = get_or_404(session, Segmentation, segmentation_id, "segmentation")
+    if row.overlay_key is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"expected a segmentation made with a label, got {row.id} without one"
+        )
+    return FileResponse(stored_file(store, row.overlay_key, "overlay"), media_type="image/png")
+
+
+router.include_router(segmentations)

@@ -1,0 +1,75 @@
+"""Training job schemas: ``JobCreate`` in, ``JobPublic`` out, plus the metric history and log lines of a job."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.schemas.reports import UtcDatetime
+from services.common.models import JobStatus
+
+
+class JobCreate(BaseModel):
+    """A training request. ``config`` holds any ``TrainConfig`` field (``iterations``, ``size``, ``lr`` ...).
+
+    Give ``labelled_patients`` (a count) or ``labelled_ratio`` (a fraction of the labelled patients), not both;
+    with neither, the worker trains on every labelled patient. The worker chooses which patients.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(examples=["supervised"])
+    dataset_id: str
+    labelled_patients: int | None = Field(default=None, ge=1)
+    labelled_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+    config: dict[str, Any] = Field(default_factory=dict, examples=[{"iterations": 2000, "size": 128}])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class JobPublic(BaseModel):
+    """A training job as the API shows it; progress fields are written by the worker."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    dataset_id: str
+    status: JobStatus
+    stage: str
+    progress: float
+    iteration: int
+    total_iterations: int
+    eta_s: float | None
+    latest_losses: dict[str, Any] | None
+    best_val_dice: float | None
+    model_id: str | None
+    error: str | None
+    attempts: int
+    device: str | None
+    config: dict[str, Any]
+    selection: dict[str, Any] | None
+    labelled_patients: int | None
+    labelled_ratio: float | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    cancel_requested: bool
+
+
+class JobMetrics(BaseModel):
+    """Logged training steps, ordered by step: ``{"step": int, <loss / lr / val_dice values>}``."""
+
+    job_id: str
+    history: list[dict[str, Any]]
+
+
+class JobLogLine(BaseModel):
+    at: UtcDatetime
+    level: str
+    message: str
+
+
+class JobLogs(BaseModel):
+    job_id: str
+    lines: list[JobLogLine]
