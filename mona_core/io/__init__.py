@@ -1,6 +1,6 @@
 """NIfTI in and out, geometry kept (SimpleITK)."""
 
-from mona_core.io.errors import NiftiError
+from mona_core.io.errors import NiftiError, VolumeTooLarge
 from mona_core.io.nifti import (
     Geometry,
     Volume,
@@ -16,6 +16,7 @@ __all__ = [
     "Geometry",
     "NiftiError",
     "Volume",
+    "VolumeTooLarge",
     "is_nifti_name",
     "read_image",
     "read_label",

@@ -92,14 +92,14 @@ def is_nifti_name(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def _check_readable(path: Path) -> None:
+def _check_readable(path: Path, max_voxels: int | None = None) -> None:
     if not path.is_file():
         raise NiftiError(f"expected a NIfTI file, got no file at {path.name}")
     if not is_nifti_name(path):
         raise NiftiError(f"expected a .nii or .nii.gz file, got {path.name}")
     if path.stat().st_size == 0:
         raise NiftiError(f"expected a NIfTI file, got an empty file ({path.name})")
-    check_payload(path)
+    check_payload(path, max_voxels)
 
 
 def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
@@ -113,8 +113,8 @@ def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
     raise NiftiError(f"expected a 3D volume (or a 2D slice), got a {dim}D image of size {image.GetSize()} ({name})")
 
 
-def _read_sitk(path: Path) -> sitk.Image:
-    _check_readable(path)
+def _read_sitk(path: Path, max_voxels: int | None = None) -> sitk.Image:
+    _check_readable(path, max_voxels)
     reader = sitk.ImageFileReader()
     reader.SetImageIO("NiftiImageIO")
     reader.SetFileName(str(path))
@@ -140,10 +140,14 @@ def geometry_of(image: sitk.Image) -> Geometry:
     )
 
 
-def read_image(path: str | Path) -> Volume:
-    """Read an intensity volume as float32; NaN or infinite voxels are rejected."""
+def read_image(path: str | Path, max_voxels: int | None = None) -> Volume:
+    """Read an intensity volume as float32; NaN or infinite voxels are rejected.
+
+    ``max_voxels`` bounds the volume by its header (``VolumeTooLarge``) before anything is decoded: set it for
+    untrusted uploads.
+    """
     path = Path(path)
-    image = _read_sitk(path)
+    image = _read_sitk(path, max_voxels)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -151,13 +155,18 @@ def read_image(path: str | Path) -> Volume:
     return Volume(array=array, geometry=geometry_of(image))
 
 
-def read_label(path: str | Path, image_geometry: Geometry | None = None, num_classes: int | None = None) -> Volume:
+def read_label(
+    path: str | Path,
+    image_geometry: Geometry | None = None,
+    num_classes: int | None = None,
+    max_voxels: int | None = None,
+) -> Volume:
     """Read a label map as uint8 with values in ``0..num_classes-1`` (0 = background).
 
-    When ``image_geometry`` is given the label must lie on exactly that grid.
+    When ``image_geometry`` is given the label must lie on exactly that grid; ``max_voxels`` as in ``read_image``.
     """
     path = Path(path)
-    image = _read_sitk(path)
+    image = _read_sitk(path, max_voxels)
     geometry = geometry_of(image)
     if image_geometry is not None and not geometry.matches(image_geometry):
         raise NiftiError(

@@ -2,7 +2,9 @@
 
 ITK's NIfTI reader zero-fills voxel data missing from a truncated file and turns NaN / inf into 0, so neither
 can be caught after reading. One streaming read here checks both (and a broken gzip stream) in about 20 ms for an
-ACDC volume, without holding the whole file twice in memory.
+ACDC volume, without holding the whole file twice in memory. It also refuses, before decoding any voxel, a volume
+whose header announces more than ``max_voxels``, and stops reading a stream that inflates to more than its header
+declares (plus ``TRAILING_SLACK``): a gzip bomb is never fully inflated.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from mona_core.io.errors import NiftiError
+from mona_core.io.errors import NiftiError, VolumeTooLarge
 
 _FLOAT_CODES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64 voxels
 _CHUNK = 1 << 22
+TRAILING_SLACK = 1 << 20
+"""Bytes tolerated after the declared voxel data (extensions, padding) before the file counts as a bomb."""
 
 
 class _Stream(Protocol):
@@ -38,7 +42,10 @@ def _dims_product(dims: tuple[int, ...], name: str) -> int:
     rank = dims[0]
     if not 1 <= rank <= 7:
         raise NiftiError(f"expected 1 to 7 dimensions in the NIfTI header, got {rank} in {name}")
-    return int(np.prod(dims[1 : rank + 1]))
+    extents = [int(v) for v in dims[1 : rank + 1]]
+    if min(extents) < 1:
+        raise NiftiError(f"expected positive extents in the NIfTI header, got {extents} in {name}")
+    return int(np.prod(extents, dtype=np.int64))
 
 
 def _parse_header(head: bytes, name: str) -> _Header:
@@ -59,27 +66,37 @@ def _parse_header(head: bytes, name: str) -> _Header:
     raise NiftiError(f"expected a NIfTI-1 or NIfTI-2 header, got none in {name}")
 
 
-def check_payload(path: Path) -> None:
-    """Raise ``NiftiError`` for a broken gzip stream, missing voxel bytes, or NaN / infinite float voxels."""
+def check_payload(path: Path, max_voxels: int | None = None) -> None:
+    """Raise ``NiftiError`` for a broken gzip stream, missing or excess voxel bytes, or NaN / infinite float voxels;
+    ``VolumeTooLarge`` when the header announces more than ``max_voxels`` voxels."""
     try:
         if path.name.lower().endswith(".gz"):
             with gzip.open(path, "rb") as stream:
-                _scan(stream, path.name)
+                _scan(stream, path.name, max_voxels)
         else:
             with path.open("rb") as stream:
-                _scan(stream, path.name)
+                _scan(stream, path.name, max_voxels)
     except (OSError, EOFError, zlib.error) as exc:
         raise NiftiError(f"expected a complete NIfTI file, got a broken one ({exc})") from exc
 
 
-def _scan(stream: _Stream, name: str) -> None:
+def _scan(stream: _Stream, name: str, max_voxels: int | None) -> None:
     header = _parse_header(stream.read(540), name)
+    if not 1 <= header.bitpix <= 128:
+        raise NiftiError(f"expected 1 to 128 bits per voxel in the NIfTI header, got {header.bitpix} in {name}")
+    if max_voxels is not None and header.voxels > max_voxels:
+        raise VolumeTooLarge(f"expected a volume of at most {max_voxels} voxels, got {header.voxels} in {name}")
     stream.seek(header.offset)
     dtype = np.dtype(_FLOAT_CODES[header.code]).newbyteorder(header.order) if header.code in _FLOAT_CODES else None
     step = _CHUNK - _CHUNK % (dtype.itemsize if dtype is not None else 1)
     expected, found, bad = header.voxels * header.bitpix // 8, 0, 0
     while chunk := stream.read(step):
         found += len(chunk)
+        if found > expected + TRAILING_SLACK:
+            raise NiftiError(
+                f"expected {expected} bytes of voxel data as the header declares, got more in {name} "
+                "(a gzip bomb or trailing data)"
+            )
         if dtype is not None:
             values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
             bad += int((~np.isfinite(values)).sum())

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from mona_core.io import NiftiError
+from mona_core.io import NiftiError, VolumeTooLarge
 from services.common.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def nifti_error(request: Request, exc: NiftiError) -> JSONResponse:
         del request
         return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": str(exc)})
+
+    @app.exception_handler(VolumeTooLarge)
+    async def volume_too_large(request: Request, exc: VolumeTooLarge) -> JSONResponse:
+        del request
+        return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE, content={"detail": str(exc)})
 
     @app.exception_handler(PayloadTooLarge)
     async def too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:

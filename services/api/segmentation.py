@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-import SimpleITK as sitk
 from sqlalchemy.orm import Session
 
 from mona_core.export.manifest import MANIFEST_FILE, MODEL_FILE
@@ -85,25 +84,6 @@ def receive_upload(store: ArtifactStore, stream: BinaryIO, filename: str | None,
         store.discard(target)
         raise
     return Upload(path=target, sha256=digest.hexdigest(), size=size)
-
-
-def check_voxels(path: Path, limit: int) -> None:
-    """PayloadTooLarge when the header announces more than ``limit`` voxels (before any voxel is decoded).
-
-    An unreadable header is left to ``read_image``, which says what is wrong with it.
-    """
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("NiftiImageIO")
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return
-    voxels = 1
-    for extent in reader.GetSize():
-        voxels *= int(extent)
-    if voxels > limit:
-        raise PayloadTooLarge(f"expected a volume of at most {limit} voxels, got {voxels}")
 
 
 def materialise_model_dir(store: ArtifactStore, model: Model) -> Path:
@@ -171,14 +151,20 @@ SEGMENTERS: Final = SegmenterCache()
 
 
 def segment_upload(
-    session: Session, store: ArtifactStore, model: Model, image: Upload, label: Upload | None, case_id: str
+    session: Session,
+    store: ArtifactStore,
+    model: Model,
+    uploads: tuple[Upload, Upload | None],
+    case_id: str,
+    max_voxels: int,
 ) -> Segmentation:
     """Validate, segment, store the mask and insert a ``Segmentation`` row (flushed, not committed).
 
     With a label, also a ``Report`` (source "segmentation") with its entries and an overlay PNG.
     """
-    volume = read_image(image.path)
-    truth = read_label(label.path, volume.geometry, len(model.classes)) if label is not None else None
+    image, label = uploads
+    volume = read_image(image.path, max_voxels=max_voxels)
+    truth = read_label(label.path, volume.geometry, len(model.classes), max_voxels) if label is not None else None
     segmenter = SEGMENTERS.get(materialise_model_dir(store, model).resolve())
     started = time.perf_counter()
     mask = segmenter.segment(volume)

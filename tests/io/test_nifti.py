@@ -185,3 +185,20 @@ def test_geometry_dict_round_trip(pair: tuple[Volume, Volume]) -> None:
     geometry = pair[0].geometry
     assert Geometry.from_dict(geometry.to_dict()) == geometry
     assert geometry.shape == SHAPE
+
+
+def test_max_voxels_is_checked_from_the_header(tmp_path: Path, pair: tuple[Volume, Volume]) -> None:
+    from mona_core.io import VolumeTooLarge
+
+    path = write_volume(pair[0], tmp_path / "scan.nii.gz")
+    voxels = int(np.prod(SHAPE))
+    assert read_image(path, max_voxels=voxels).array.shape == SHAPE
+    with pytest.raises(VolumeTooLarge, match=f"expected a volume of at most {voxels - 1} voxels, got {voxels}"):
+        read_image(path, max_voxels=voxels - 1)
+
+
+def test_a_stream_inflating_past_its_header_is_a_bomb(tmp_path: Path, pair: tuple[Volume, Volume]) -> None:
+    raw = write_volume(pair[0], tmp_path / "scan.nii").read_bytes()
+    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(raw + bytes(4 << 20)))
+    with pytest.raises(NiftiError, match="gzip bomb"):
+        read_image(tmp_path / "bomb.nii.gz")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from services.api.deps import SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import api_path, get_or_404, report_public, stored_file
 from services.api.schemas.models import ModelPublic, SegmentationPublic
-from services.api.segmentation import Upload, case_id_from, check_voxels, receive_upload, segment_upload
+from services.api.segmentation import Upload, case_id_from, receive_upload, segment_upload
 from services.common.models import Model, Report, Segmentation
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
@@ -67,10 +67,9 @@ def get_model_manifest(model_id: str, session: SessionDep, store: StoreDep) -> F
 def _receive(
     store: ArtifactStore, settings: Settings, image: UploadFile, label: UploadFile | None
 ) -> tuple[Upload, Upload | None]:
-    """Both uploads in staging files (413 past the size or voxel cap); nothing is left behind on failure."""
+    """Both uploads in staging files (413 past the size cap); nothing is left behind on failure."""
     received = receive_upload(store, image.file, image.filename, settings.max_upload_bytes)
     try:
-        check_voxels(received.path, settings.max_voxels)
         if label is None:
             return received, None
         return received, receive_upload(store, label.file, label.filename, settings.max_upload_bytes)
@@ -125,7 +124,8 @@ def segment(
     model = get_or_404(session, Model, model_id, "model")
     image_upload, label_upload = _receive(store, settings, image, label)
     try:
-        row = segment_upload(session, store, model, image_upload, label_upload, case_id_from(image.filename))
+        uploads = (image_upload, label_upload)
+        row = segment_upload(session, store, model, uploads, case_id_from(image.filename), settings.max_voxels)
     finally:
         store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
     session.commit()
