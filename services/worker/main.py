@@ -1,0 +1,52 @@
+"""``mona worker``: a Celery worker (prefork pool) on the job queues, started programmatically.
+
+Migrations are not run here: the API's prestart (or ``mona db upgrade``) owns the schema. Gossip and mingle are
+off (workers need not know each other: the database is the source of truth for jobs). With the embedded
+filesystem broker, broker heartbeats are off too (that transport has none).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from services.common.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def worker_argv(settings: Settings, queues: str | None, concurrency: int) -> list[str]:
+    """The ``celery worker`` command line for ``queues`` (default: ``MONA_WORKER_QUEUES``) and ``concurrency``."""
+    if concurrency < 1:
+        raise ValueError(f"expected a concurrency of at least 1, got {concurrency}")
+    argv = [
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queues or settings.worker_queues,
+        "--hostname",
+        f"mona-{os.getpid()}@{socket.gethostname()}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        settings.log_level.upper(),
+    ]
+    if settings.embedded_broker:
+        argv.append("--without-heartbeat")
+    return argv
+
+
+def run_worker(queues: str | None, concurrency: int) -> int:
+    """Run the worker until it is stopped; returns its exit code."""
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    from services.worker.app import app
+
+    argv = worker_argv(settings, queues, concurrency)
+    logger.info("starting worker: celery %s", " ".join(argv))
+    code = app.start(argv=argv)
+    return int(code or 0)
