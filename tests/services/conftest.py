@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 from services.api.main import create_app
 from services.common.migrate import upgrade_head
 from services.common.settings import Settings, normalise_database_url
+from services.common.tasks import QUEUE_CPU, QUEUE_GPU, make_celery
 
 API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +38,22 @@ def _server_urls() -> tuple[str | None, str | None]:
     return database, broker
 
 
+@contextmanager
+def _new_database(server: str) -> Iterator[str]:
+    """A new, empty Postgres database on ``server`` for the block, dropped afterwards."""
+    admin_url = make_url(normalise_database_url(server))
+    name = f"mona_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_server_url() -> Iterator[str | None]:
     """A fresh Postgres database for this test session (dropped afterwards), or None for SQLite."""
@@ -43,15 +61,8 @@ def database_server_url() -> Iterator[str | None]:
     if not server:
         yield None
         return
-    admin_url = make_url(normalise_database_url(server))
-    name = f"mona_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _new_database(server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +100,30 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env.update({"DATABASE_URL": settings.sqlalchemy_url, "BROKER_URL": settings.broker_url})
     env.update({"MONA_STALE_JOB_SECONDS": str(settings.stale_job_seconds), "OMP_NUM_THREADS": "1"})
     return env
+
+
+@pytest.fixture()
+def isolated_settings(tmp_path: Path, broker_server_url: str | None) -> Iterator[Settings]:
+    """Like ``service_settings`` but with a database of its own (a new Postgres database in CI), for end-to-end
+    tests where a real worker must see only this test's jobs; the broker's job queues are purged first."""
+    server, _ = _server_urls()
+    env = {"MONA_DATA_DIR": str(tmp_path / "data"), "MONA_API_KEY": API_KEY, "MONA_STALE_JOB_SECONDS": "5"}
+    if broker_server_url:
+        env["BROKER_URL"] = broker_server_url
+    with ExitStack() as stack:
+        if server:
+            env["DATABASE_URL"] = stack.enter_context(_new_database(server))
+        settings = Settings(**env)  # type: ignore[arg-type]
+        upgrade_head(settings.sqlalchemy_url)
+        purge_job_queues(settings)
+        yield settings
+
+
+def purge_job_queues(settings: Settings) -> None:
+    """Drop messages left on the shared test broker by earlier tests (their rows and files are not this test's)."""
+    with make_celery(settings).connection_for_write() as connection:
+        for queue in (QUEUE_GPU, QUEUE_CPU):
+            connection.default_channel.queue_purge(queue)
 
 
 @pytest.fixture()

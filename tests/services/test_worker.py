@@ -29,10 +29,10 @@ from services.common.models import (
 )
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore, sha256_of
-from services.common.tasks import QUEUE_CPU, QUEUE_GPU, make_celery, send_train
+from services.common.tasks import make_celery, send_train
 from services.worker.evaluation import run_evaluation
 from services.worker.training import SKIPPED, run_training_job
-from tests.services.conftest import WorkerProcess, wait_for
+from tests.services.conftest import WorkerProcess, purge_job_queues, wait_for
 
 SHAPE = (6, 64, 72)
 FAST = TrainConfig(iterations=4, size=32, batch_size=2, val_every=2, checkpoint_every=2, log_every=1, device="cpu")
@@ -94,13 +94,6 @@ def metric_rows(settings: Settings, job_id: str) -> list[dict[str, Any]]:
     with session_scope(settings.sqlalchemy_url) as session:
         rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.id)).all()
         return [dict(row.values) for row in rows]
-
-
-def purge_job_queues(settings: Settings) -> None:
-    """Drop messages that earlier tests left on the shared test broker (their rows and files are not ours)."""
-    with make_celery(settings).connection_for_write() as connection:
-        for queue in (QUEUE_GPU, QUEUE_CPU):
-            connection.default_channel.queue_purge(queue)
 
 
 def set_cancel(settings: Settings, job_id: str) -> None:
