@@ -83,10 +83,11 @@ def run_requirement_preparation(name: str, tmp_path: Path) -> Path:
     for segment in run.split("&&"):
         if "pip install" in segment:
             break
+        segment = segment.replace("/tmp/", f"{tmp_path}/")  # before the interpreter path, which may be under /tmp
         steps.append(re.sub(r"^\s*python\b", shlex.quote(sys.executable), segment))
     for source in ("pyproject.toml", "constraints.txt"):
         shutil.copy(REPO_ROOT / source, tmp_path / source)
-    script = " && ".join(steps).replace("/tmp/", f"{tmp_path}/")
+    script = " && ".join(steps)
     subprocess.run(["sh", "-c", script], cwd=tmp_path, check=True, timeout=60)
     return tmp_path
 
