@@ -37,7 +37,7 @@ from mona_core.io import read_image, write_mask
 from mona_core.models import UNetConfig, build_model
 from mona_core.training.checkpoint import checkpoint_for_export, load_checkpoint
 from mona_core.training.config import TrainConfig
-from mona_core.training.supervised import train
+from mona_core.training.trainer import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
 

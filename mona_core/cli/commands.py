@@ -11,12 +11,13 @@ from typing import Any
 from mona_core.cli.console import TrainingBar, emit, format_report
 from mona_core.data.dataset import DatasetIndex, load_dataset
 from mona_core.data.splits import LabelledSelection, select_labelled
+from mona_core.training.config import METHODS
 
 
 def add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a segmentation model on a dataset folder")
     p.add_argument("--data", required=True, type=Path, help="nnU-Net raw folder or a folder of image/label pairs")
-    p.add_argument("--method", default="supervised", choices=["supervised"])
+    p.add_argument("--method", default="supervised", choices=list(METHODS))
     group = p.add_mutually_exclusive_group()
     group.add_argument("--labelled-patients", type=int, help="number of training patients whose labels are used")
     group.add_argument("--labelled-ratio", type=float, help="fraction of training patients labelled, e.g. 0.05")
@@ -80,7 +81,7 @@ def selection_for(index: DatasetIndex, args: argparse.Namespace, run_dir: Path) 
 
 def run_train(args: argparse.Namespace) -> int:
     from mona_core.training.config import TrainConfig
-    from mona_core.training.supervised import train
+    from mona_core.training.trainer import train
 
     index = load_dataset(args.data, preset=args.preset, patient_pattern=args.patient_pattern)
     selection = selection_for(index, args, args.out)

@@ -36,7 +36,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from mona_core.io import read_image, write_mask
     from mona_core.report import save_overlay_png
     from mona_core.training.config import TrainConfig
-    from mona_core.training.supervised import train
+    from mona_core.training.trainer import train
 
     started = time.monotonic()
     out: Path = args.out

@@ -20,6 +20,7 @@ from mona_core.data.slicing import image_to_slices, label_to_slices
 from mona_core.data.splits import LabelledSelection
 from mona_core.io import read_image, read_label
 from mona_core.metrics import spacing_zyx_from_xyz
+from mona_core.training.methods.base import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +88,24 @@ def _val_case(case: CaseRecord, num_classes: int) -> ValCase:
     return ValCase(case.case_id, image.array, label.array, (spacing[0], spacing[1], spacing[2]))
 
 
-def sample_labelled_batch(
-    bank: SliceBank, batch_size: int, rng: np.random.Generator, augment: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random labelled batch: images (B, 1, S, S) float32, labels (B, S, S) int64."""
-    picks = rng.integers(0, bank.num_labelled, size=batch_size)
-    return _stack(bank.images[picks], list(bank.labels[picks]), rng, augment)
+def sample_batch(bank: SliceBank, labelled: int, batch_size: int, rng: np.random.Generator, augment: bool) -> Batch:
+    """``labelled`` labelled slices with labels, and ``batch_size - labelled`` unlabelled slices.
+
+    Unlabelled slices come from the unlabelled patients; when there are none (every patient labelled) the images
+    of labelled slices stand in, without their labels.
+    """
+    picks = rng.integers(0, bank.num_labelled, size=labelled)
+    images, labels = _stack(bank.images[picks], list(bank.labels[picks]), rng, augment)
+    count = batch_size - labelled
+    pool = bank.unlabelled if len(bank.unlabelled) else bank.images
+    extra = pool[rng.integers(0, len(pool), size=count)] if count > 0 else pool[:0]
+    return Batch(images, labels, _stack_unlabelled(extra, rng, augment))
+
+
+def _stack_unlabelled(images: np.ndarray, rng: np.random.Generator, augment: bool) -> torch.Tensor:
+    if augment:
+        images = np.stack([weak_augment(image, None, rng)[0] for image in images]) if len(images) else images
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
 
 
 def _stack(

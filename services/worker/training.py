@@ -32,7 +32,7 @@ from mona_core.io import read_image
 from mona_core.training.checkpoint import LAST, checkpoint_for_export, load_checkpoint
 from mona_core.training.config import TrainConfig
 from mona_core.training.progress import ProgressEvent
-from mona_core.training.supervised import train
+from mona_core.training.trainer import train
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
 from services.common.jobs import (

@@ -14,7 +14,7 @@ from mona_core.data.splits import select_labelled
 from mona_core.training.checkpoint import load_checkpoint
 from mona_core.training.config import TrainConfig
 from mona_core.training.progress import ProgressEvent
-from mona_core.training.supervised import resolve_device, train
+from mona_core.training.trainer import resolve_device, train
 
 TINY = TrainConfig(iterations=6, size=32, batch_size=2, val_every=3, checkpoint_every=3, log_every=1, device="cpu")
 

@@ -1,4 +1,6 @@
-"""Supervised training (UNET-L with a labelled subset, UNET-F with every patient): Dice + CE, SGD, step decay.
+"""The training loop shared by every method: sampling, SGD with the paper's step decay, validation on whole volumes
+with best-on-validation model selection, checkpoints, progress and cooperative stop. What a step computes is the
+method's business (``mona_core.training.methods``): supervised (UNET-L / UNET-F), Mean Teacher, CPS, ...
 
 A run directory holds ``run.json`` (what was asked), ``checkpoints/last.pt`` and ``checkpoints/best.pt``,
 ``metrics.jsonl`` (one row per logged step) and ``loss_curve.png``. Calling ``train`` again on the same directory
@@ -19,11 +21,11 @@ import torch
 
 from mona_core.data.dataset import DatasetIndex
 from mona_core.data.splits import LabelledSelection
-from mona_core.losses import supervised_loss
-from mona_core.models import UNet, UNetConfig, build_model
+from mona_core.models import UNetConfig
 from mona_core.report import save_loss_curve_png
 from mona_core.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mona_core.training.config import TrainConfig
+from mona_core.training.methods import Method, build_method
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.schedule import step_decay_lr
 from mona_core.training.slices import (
@@ -31,7 +33,7 @@ from mona_core.training.slices import (
     ValCase,
     build_slice_bank,
     load_val_cases,
-    sample_labelled_batch,
+    sample_batch,
 )
 from mona_core.training.validation import validate
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 class RunState:
     """Everything that changes while training; saved in ``last.pt``."""
 
-    model: UNet
+    method: Method
     optimizer: torch.optim.SGD
     rng: np.random.Generator
     step: int = 0
@@ -75,7 +77,7 @@ def train(
     progress: ProgressFn = ignore_progress,
     should_stop: StopFn = never_stop,
 ) -> TrainResult:
-    """Train (or resume) a supervised UNet in ``run_dir``; returns once done or stopped."""
+    """Train (or resume) ``config.method`` in ``run_dir``; returns once done or stopped."""
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -87,11 +89,11 @@ def train(
 
 
 def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> RunState:
-    model = build_model(UNetConfig(num_classes=num_classes)).to(device)
+    method = build_method(config, UNetConfig(num_classes=num_classes), device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        method.trainable(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    return RunState(model=model, optimizer=optimizer, rng=np.random.default_rng(config.seed))
+    return RunState(method=method, optimizer=optimizer, rng=np.random.default_rng(config.seed))
 
 
 def _resume_or_start(
@@ -100,7 +102,8 @@ def _resume_or_start(
     last = run_dir / "checkpoints" / LAST
     if last.is_file():
         saved = load_checkpoint(last)
-        state.model.load_state_dict(saved["model"])
+        for name, module in state.method.modules().items():
+            module.load_state_dict(saved["modules"][name])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.step, state.best, state.history = saved["step"], saved["best"], saved["history"]
         state.rng.bit_generator.state = saved["rng"]["numpy"]
@@ -129,7 +132,8 @@ def _loop(
     progress: ProgressFn,
     should_stop: StopFn,
 ) -> TrainResult:
-    state.model.train()
+    for module in state.method.modules().values():
+        module.train()
     started, first_step = time.monotonic(), state.step
     while state.step < config.iterations:
         if should_stop():
@@ -156,15 +160,16 @@ def _loop(
 def _train_step(
     state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device
 ) -> tuple[dict[str, float], float]:
-    """One SGD step on a labelled batch; returns the loss parts and the learning rate used."""
+    """One SGD step of the method on a sampled batch; returns the loss parts and the learning rate used."""
     lr = step_decay_lr(state.step, config.lr, config.lr_step, config.lr_gamma)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    images, labels = sample_labelled_batch(bank, config.batch_size, state.rng, config.augment)
-    parts = supervised_loss(state.model(images.to(device)), labels.to(device))
+    batch = sample_batch(bank, config.labelled_per_batch, config.batch_size, state.rng, config.augment).to(device)
+    parts = state.method.step(batch, state.step)
     state.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()  # type: ignore[no-untyped-call]
     state.optimizer.step()
+    state.method.after_step(state.step)
     return {name: float(value.detach()) for name, value in parts.items()}, lr
 
 
@@ -180,7 +185,7 @@ def _maybe_validate(
     due = state.step % config.val_every == 0 or state.step == config.iterations
     if not due or not val_cases:
         return None
-    report = validate(state.model, val_cases, index.classes, index.preset, config.size, device)
+    report = validate(state.method.eval_model(), val_cases, index.classes, index.preset, config.size, device)
     dice = report["mean"]["dice"]
     val_dice = float(dice) if dice is not None else 0.0
     if state.best is None or val_dice > state.best["val_dice"]:
@@ -192,13 +197,15 @@ def _maybe_validate(
 def _save(state: RunState, config: TrainConfig, index: DatasetIndex, run_dir: Path, name: str) -> None:
     payload: dict[str, Any] = {
         "step": state.step,
-        "model_config": state.model.config.to_dict(),
-        "model": state.model.state_dict(),
+        "method": state.method.name,
+        "model_config": state.method.eval_model().config.to_dict(),
+        "model": state.method.eval_model().state_dict(),
         "train_config": config.to_dict(),
         "data": {"classes": list(index.classes), "preset": index.preset, "size": config.size},
         "best": state.best,
     }
     if name == LAST:
+        payload["modules"] = {key: module.state_dict() for key, module in state.method.modules().items()}
         payload["optimizer"] = state.optimizer.state_dict()
         payload["history"] = state.history
         payload["rng"] = {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state()}
@@ -214,5 +221,5 @@ def _write_history(history: list[dict[str, float]], run_dir: Path) -> None:
 
 def _finish(state: RunState, run_dir: Path) -> None:
     if state.history:
-        save_loss_curve_png(state.history, run_dir / "loss_curve.png", title="Supervised training")
+        save_loss_curve_png(state.history, run_dir / "loss_curve.png", title=f"{state.method.name} training")
     logger.info("training done at step %d; best %s", state.step, state.best)

@@ -1,0 +1,74 @@
+"""What a training method is: networks, one loss step on a batch, and a hook after the optimiser step.
+
+The loop (``mona_core.training.trainer``) is shared: sampling, learning-rate schedule, validation, model selection,
+checkpoints and progress are the same for every method, so methods compare under one budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mona_core.models import UNet
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Labelled images (L, 1, S, S) with labels (L, S, S) int64, and unlabelled images (U, 1, S, S); U may be 0."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    unlabelled: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.images.to(device), self.labels.to(device), self.unlabelled.to(device))
+
+    @property
+    def all_images(self) -> torch.Tensor:
+        return torch.cat([self.images, self.unlabelled]) if len(self.unlabelled) else self.images
+
+
+class Method(Protocol):
+    """A training method. ``modules`` are saved in checkpoints; ``eval_model`` is validated and exported."""
+
+    name: str
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def trainable(self) -> list[nn.Parameter]: ...
+
+    def eval_model(self) -> UNet: ...
+
+    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]: ...
+
+    def after_step(self, step: int) -> None: ...
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher = decay * teacher + (1 - decay) * student, for parameters; buffers (BN statistics) are copied."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    for t_buffer, s_buffer in zip(teacher.buffers(), student.buffers(), strict=True):
+        t_buffer.copy_(s_buffer)
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """exp(-5 (1 - t)^2) with t = step / length clipped to [0, 1]: the usual ramp-up of consistency weights."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def frozen_copy(model: UNet) -> UNet:
+    """A teacher: same architecture and weights, no gradients."""
+    teacher = UNet(model.config).to(next(model.parameters()).device)
+    teacher.load_state_dict(model.state_dict())
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
