@@ -113,7 +113,7 @@ def test_ratio_instead_of_patients_is_accepted(api: TestClient, service_settings
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"kind": "mona"}, "expected kind in ['supervised'], got 'mona'"),
+        ({"kind": "mona"}, "expected kind in ['supervised', 'mean_teacher', 'cps'], got 'mona'"),
         ({"config": {"iterations": 20, "epochs": 3}}, "got unknown ['epochs']"),
         ({"config": {"size": 100}}, "expected size a multiple of 16, at least 16, got 100"),
         ({"config": {"iterations": "20"}}, "expected iterations to be int, got str"),

@@ -73,7 +73,7 @@ def make_dataset(settings: Settings, tmp_path: Path, patients: int = 4, frames: 
 
 def make_job(settings: Settings, dataset_id: str, config: TrainConfig = FAST, **fields: Any) -> str:
     with session_scope(settings.sqlalchemy_url) as session:
-        job = TrainingJob(kind="supervised", dataset_id=dataset_id, config=config.to_dict(), **fields)
+        job = TrainingJob(kind=config.method, dataset_id=dataset_id, config=config.to_dict(), **fields)
         session.add(job)
         session.flush()
         return job.id
@@ -269,3 +269,16 @@ def test_real_worker_runs_a_training_job(service_settings: Settings, tmp_path: P
     job = load_job(service_settings, job_id)
     assert (job.status, job.error, job.attempts) == ("succeeded", None, 1), worker.log.read_text()[-3000:]
     assert job.worker is not None and job.model_id is not None
+
+
+@pytest.mark.parametrize("kind", ["mean_teacher", "cps"])
+def test_semi_supervised_kinds_run_as_jobs(service_settings: Settings, tmp_path: Path, kind: str) -> None:
+    dataset_id = make_dataset(service_settings, tmp_path)
+    config = FAST.with_overrides(method=kind, iterations=2, val_every=2, checkpoint_every=2)
+    job_id = make_job(service_settings, dataset_id, config, labelled_patients=1)
+    run_training_job(service_settings, job_id)
+    job = load_job(service_settings, job_id)
+    assert job.status == "succeeded" and job.model_id is not None, job.error
+    assert job.latest_losses is not None and (
+        "loss_consistency" in job.latest_losses or "loss_cps" in job.latest_losses
+    )

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from mona_core.training.config import TrainConfig
+from mona_core.training.config import METHODS, TrainConfig
 from services.api.deps import CeleryDep, SessionDep
 from services.api.routes.reports import get_or_404, send_or_fail
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
-KINDS: Final = ("supervised",)
+KINDS: Final = METHODS
 _TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
