@@ -6,6 +6,18 @@ from collections.abc import Callable
 
 from torch import nn
 
+from mona_core.models.heads import (
+    HeadsConfig,
+    LocalProjectionHead,
+    MonaHeads,
+    PixelSample,
+    Predictor,
+    ProjectionHead,
+    RepresentationHead,
+    build_heads,
+    random_local_views,
+    sample_pixels,
+)
 from mona_core.models.unet import UNet, UNetConfig, UNetOutput, count_parameters
 
 _REGISTRY: dict[str, Callable[[UNetConfig], nn.Module]] = {"unet": UNet}
@@ -20,4 +32,20 @@ def build_model(config: UNetConfig) -> UNet:
     return model
 
 
-__all__ = ["UNet", "UNetConfig", "UNetOutput", "build_model", "count_parameters"]
+__all__ = [
+    "HeadsConfig",
+    "LocalProjectionHead",
+    "MonaHeads",
+    "PixelSample",
+    "Predictor",
+    "ProjectionHead",
+    "RepresentationHead",
+    "UNet",
+    "UNetConfig",
+    "UNetOutput",
+    "build_heads",
+    "build_model",
+    "count_parameters",
+    "random_local_views",
+    "sample_pixels",
+]

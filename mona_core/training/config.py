@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-METHODS = ("supervised", "mean_teacher", "cps")
+METHODS = ("supervised", "mean_teacher", "cps", "pretrain", "finetune", "mona")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -15,6 +15,13 @@ class TrainConfig:
 
     Defaults are the paper's: SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 6, lr / 10 every 2,500
     iterations, 256x256 slices, EMA momentum 0.99. ``iterations`` defaults to 30,000 (the SSL4MIS-family schedule).
+
+    MONA (Section III / IV-B): GLCon pre-training (``pretrain``: instance discrimination with temperatures 0.1 /
+    0.01 against a memory of 36 mined views, global on the bottleneck and local on 64x64 views of the logits),
+    anatomical contrastive reconstruction fine-tuning (``finetune``: L_sup + 0.01 L_contrast + 1.0 L_eqv + 1.0
+    L_unsup + 1.0 L_nn, with 256 queries, 512 negatives, confidence threshold 0.97, temperature 0.5, K = 5
+    neighbours), and ``mona`` = both, chained (``pretrain_fraction`` of the iterations pre-train: the paper's 100
+    of 300 epochs). ``tailness`` / ``consistency`` / ``diversity`` switch the three fine-tuning terms (Table III).
 
     Semi-supervised methods split each batch into ``labelled_batch_size`` labelled slices (default: half) and the
     rest unlabelled; the supervised method uses labelled slices only. Consistency weights (Mean Teacher, CPS)
@@ -40,6 +47,25 @@ class TrainConfig:
     ema_decay: float = 0.99
     consistency_weight: float = 0.1
     rampup_fraction: float = 0.4
+    tau_student: float = 0.1
+    tau_teacher: float = 0.01
+    memory_size: int = 36
+    local_views: int = 36
+    local_view_size: int = 64
+    contrast_weight: float = 0.01
+    eqv_weight: float = 1.0
+    unsup_weight: float = 1.0
+    nn_weight: float = 1.0
+    num_queries: int = 256
+    num_negatives: int = 512
+    hard_threshold: float = 0.97
+    contrast_tau: float = 0.5
+    nn_k: int = 5
+    tailness: bool = True
+    consistency: bool = True
+    diversity: bool = True
+    pretrain_fraction: float = 1.0 / 3.0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -60,10 +86,28 @@ class TrainConfig:
             "ema_decay": (0.0 <= self.ema_decay < 1.0, "in [0, 1)"),
             "consistency_weight": (self.consistency_weight >= 0.0, ">= 0"),
             "rampup_fraction": (0.0 <= self.rampup_fraction <= 1.0, "in [0, 1]"),
+            "tau_student": (self.tau_student > 0, "> 0"),
+            "tau_teacher": (self.tau_teacher > 0, "> 0"),
+            "contrast_tau": (self.contrast_tau > 0, "> 0"),
+            "memory_size": (self.memory_size >= self.nn_k >= 1, f">= nn_k ({self.nn_k}) >= 1"),
+            "local_views": (self.local_views >= 1, ">= 1"),
+            "local_view_size": (self.local_view_size >= 8, ">= 8"),
+            "num_queries": (self.num_queries >= 1, ">= 1"),
+            "num_negatives": (self.num_negatives >= 1, ">= 1"),
+            "hard_threshold": (0.0 < self.hard_threshold <= 1.0, "in (0, 1]"),
+            "pretrain_fraction": (0.0 < self.pretrain_fraction < 1.0, "in (0, 1)"),
+            "loss weights": (
+                min(self.contrast_weight, self.eqv_weight, self.unsup_weight, self.nn_weight) >= 0.0,
+                "all >= 0",
+            ),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"expected {name} {expected}, got {getattr(self, name)!r}")
+                got = getattr(self, name, None) if name != "loss weights" else self._weights()
+                raise ValueError(f"expected {name} {expected}, got {got!r}")
+
+    def _weights(self) -> tuple[float, float, float, float]:
+        return (self.contrast_weight, self.eqv_weight, self.unsup_weight, self.nn_weight)
 
     @property
     def labelled_per_batch(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +77,73 @@ def train(
     progress: ProgressFn = ignore_progress,
     should_stop: StopFn = never_stop,
 ) -> TrainResult:
-    """Train (or resume) ``config.method`` in ``run_dir``; returns once done or stopped."""
+    """Train (or resume) ``config.method`` in ``run_dir``; returns once done or stopped.
+
+    ``mona`` chains two stages as one run: GLCon pre-training in ``run_dir/pretrain``, then fine-tuning from its
+    last checkpoint in ``run_dir`` itself (so export and resume see an ordinary run directory).
+    """
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    state = _new_state(config, index.num_classes, device)
-    _resume_or_start(state, config, index, selection, run_dir)
     bank = build_slice_bank(index, selection, config.size)
     val_cases = load_val_cases(index)
-    return _loop(state, config, index, bank, val_cases, run_dir, device, progress, should_stop)
+    context = _Context(index, selection, bank, val_cases, device, should_stop)
+    if config.method != "mona":
+        return _train_stage(config, context, run_dir, progress)
+    pretrain, finetune = mona_stages(config, run_dir)
+    first = _train_stage(pretrain, context, run_dir / "pretrain", _offset(progress, 0, config.iterations))
+    if first.stopped:
+        return TrainResult(run_dir, first.steps, first.best, stopped=True)
+    second = _train_stage(finetune, context, run_dir, _offset(progress, pretrain.iterations, config.iterations))
+    return replace(second, steps=pretrain.iterations + second.steps)
+
+
+def mona_stages(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, TrainConfig]:
+    """The stage configs of a ``mona`` run: ``pretrain_fraction`` of the iterations pre-train, the rest fine-tune."""
+    steps = min(config.iterations - 1, max(1, round(config.pretrain_fraction * config.iterations)))
+    pretrain = replace(config, method="pretrain", iterations=steps)
+    init = str(run_dir / "pretrain" / "checkpoints" / LAST)
+    return pretrain, replace(config, method="finetune", iterations=config.iterations - steps, init_from=init)
+
+
+def _offset(progress: ProgressFn, done_before: int, total: int) -> ProgressFn:
+    """Report a stage's events on the whole run's scale (step and ETA), keeping the stage's name."""
+
+    def report(event: ProgressEvent) -> None:
+        left = total - (done_before + event.step)
+        stage_left = max(1, event.total - event.step)
+        eta = None if event.eta_s is None else event.eta_s * left / stage_left
+        progress(replace(event, step=done_before + event.step, total=total, eta_s=eta))
+
+    return report
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every stage of one run shares: the data (read once), the device and the stop check."""
+
+    index: DatasetIndex
+    selection: LabelledSelection
+    bank: SliceBank
+    val_cases: list[ValCase]
+    device: torch.device
+    should_stop: StopFn
+
+
+def _train_stage(config: TrainConfig, context: _Context, run_dir: Path, progress: ProgressFn) -> TrainResult:
+    torch.manual_seed(config.seed)
+    state = _new_state(config, context.index.num_classes, context.device)
+    _resume_or_start(state, config, context.index, context.selection, run_dir)
+    return _loop(
+        state,
+        config,
+        context.index,
+        context.bank,
+        context.val_cases,
+        run_dir,
+        context.device,
+        progress,
+        context.should_stop,
+    )
 
 
 def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> RunState:
@@ -110,6 +168,8 @@ def _resume_or_start(
         torch.set_rng_state(saved["rng"]["torch"])
         logger.info("resuming %s from step %d", run_dir, state.step)
         return
+    if config.init_from:
+        _initialise_from(state, Path(config.init_from))
     run_dir.mkdir(parents=True, exist_ok=True)
     run_info = {
         "method": config.method,
@@ -119,6 +179,18 @@ def _resume_or_start(
         "config": config.to_dict(),
     }
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+
+
+def _initialise_from(state: RunState, path: Path) -> None:
+    """Start from another run's weights (fine-tuning from GLCon): modules saved under the same name are loaded; a
+    teacher missing from the source starts as a copy of the source's model."""
+    saved = load_checkpoint(path)
+    sources = {"model": saved["model"], **saved.get("modules", {})}
+    for name, module in state.method.modules().items():
+        source = sources.get(name, sources["model"] if name == "teacher" else None)
+        if source is not None:
+            module.load_state_dict(source)
+    logger.info("initialised %s from %s (%s)", state.method.name, path, sorted(set(sources)))
 
 
 def _loop(
@@ -149,12 +221,18 @@ def _loop(
             eta = elapsed / (state.step - first_step) * (config.iterations - state.step)
             best_dice = state.best["val_dice"] if state.best else None
             progress(
-                ProgressEvent("train", state.step, config.iterations, losses, lr, val_dice, best_dice, elapsed, eta)
+                ProgressEvent(
+                    _stage(config), state.step, config.iterations, losses, lr, val_dice, best_dice, elapsed, eta
+                )
             )
         if state.step % config.checkpoint_every == 0 or state.step == config.iterations:
             _save(state, config, index, run_dir, LAST)
     _finish(state, run_dir)
     return TrainResult(run_dir, state.step, state.best, stopped=False)
+
+
+def _stage(config: TrainConfig) -> str:
+    return config.method if config.method in ("pretrain", "finetune") else "train"
 
 
 def _train_step(

@@ -1,0 +1,198 @@
+"""MONA's two stages as methods of the shared trainer.
+
+``GLCon`` (Section III-A, pre-training): a student and an EMA teacher (t = 0.99) with projection heads; the student's
+predicted embedding u and the teacher's embedding v' of the same slice are compared by their similarity
+distributions over a memory of k = 36 mined views (teacher embeddings of other unlabelled slices), globally on the
+bottleneck and locally on 64x64 views of the output logits; plus L_sup. Loss: L_inst^global + L_inst^local + L_sup.
+
+``AnatomicalContrastiveReconstruction`` (Section III-B, fine-tuning): the teacher sees a weak view of each unlabelled
+slice and gives pseudo-labels; the student sees a strong view made from that weak view, with the pseudo-labels
+mixed and warped exactly like the image. Loss: L_sup + λ1 L_contrast + λ2 L_eqv + λ3 L_unsup + λ4 L_nn, with the
+three MONA terms switchable (tailness, consistency, diversity). Heads are training-only: the exported model is the
+student UNet.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mona_core.data.gpu_augment import RandomAffineTransform, strong_from_weak, weak_augment_batch
+from mona_core.losses import (
+    ClassMemoryBank,
+    EmbeddingQueue,
+    anatomical_contrast_loss,
+    equivariance_loss,
+    nearest_neighbour_loss,
+    relation_kl_loss,
+    supervised_loss,
+)
+from mona_core.models import UNet, UNetConfig, build_model
+from mona_core.models.heads import HeadsConfig, MonaHeads, build_heads, random_local_views, sample_pixels
+from mona_core.training.config import TrainConfig
+from mona_core.training.methods.base import Batch, ema_update, frozen_copy
+
+
+def _frozen_heads(heads: MonaHeads) -> MonaHeads:
+    teacher = build_heads(heads.config).to(next(heads.parameters()).device)
+    teacher.load_state_dict(heads.state_dict())
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    return like.sum() * 0.0
+
+
+class _StudentTeacher:
+    """Shared parts: student UNet + heads, EMA teacher UNet + heads, a seeded generator on the device."""
+
+    name = "student_teacher"
+
+    def __init__(self, config: TrainConfig, model_config: UNetConfig, device: torch.device) -> None:
+        self.config = config
+        self.model = build_model(model_config).to(device)
+        self.heads = build_heads(HeadsConfig.from_unet(model_config)).to(device)
+        self.teacher = frozen_copy(self.model)
+        self.teacher_heads = _frozen_heads(self.heads)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.device = device
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "heads": self.heads, "teacher": self.teacher, "teacher_heads": self.teacher_heads}
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [*self.model.parameters(), *self.heads.parameters()]
+
+    def eval_model(self) -> UNet:
+        return self.model
+
+    def after_step(self, step: int) -> None:
+        ema_update(self.teacher, self.model, self.config.ema_decay)
+        ema_update(self.teacher_heads, self.heads, self.config.ema_decay)
+
+    def _student_query(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        """u = h'(h(z)): the student's predicted global embedding."""
+        return self.heads.predictor(self.heads.projection(bottleneck))  # type: ignore[no-any-return]
+
+
+class GLCon(_StudentTeacher):
+    """GLCon pre-training (eq. 1-2, global and local) + L_sup."""
+
+    name = "pretrain"
+
+    def __init__(self, config: TrainConfig, model_config: UNetConfig, device: torch.device) -> None:
+        super().__init__(config, model_config, device)
+        dim = self.heads.config.embed_dim
+        self.global_memory = EmbeddingQueue(config.memory_size, dim, device=device)
+        self.local_memory = EmbeddingQueue(config.memory_size, dim, device=device)
+
+    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        teacher_view, _ = weak_augment_batch(batch.unlabelled, None, self.generator)
+        student_view, _ = strong_from_weak(teacher_view, None, self.generator)
+        images = torch.cat([batch.images, student_view])
+        out = self.model.forward_features(images)
+        parts = supervised_loss(out.logits[: len(batch.images)], batch.labels)
+        with torch.no_grad():
+            teacher_out = self.teacher.forward_features(teacher_view)
+            teacher_global = self.teacher_heads.projection(teacher_out.bottleneck)
+        student_global = self._student_query(out.bottleneck[len(batch.images) :])
+        global_loss = self._instance(student_global, teacher_global, self.global_memory)
+        local_loss = self._local(out.logits[len(batch.images) :], teacher_out.logits)
+        total = parts["loss"] + global_loss + local_loss
+        return {**parts, "loss": total, "loss_inst_global": global_loss, "loss_inst_local": local_loss}
+
+    def _instance(self, student: torch.Tensor, teacher: torch.Tensor, memory: EmbeddingQueue) -> torch.Tensor:
+        """Relation KL against the mined views in ``memory``; then this batch's teacher embeddings join it."""
+        loss = (
+            _zero(student)
+            if len(memory) == 0
+            else relation_kl_loss(student, teacher, memory.tensor(), self.config.tau_student, self.config.tau_teacher)
+        )
+        memory.push(teacher.detach())
+        return loss
+
+    def _local(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Local instance discrimination on views of the output logits cropped at the same locations."""
+        size = self.config.local_view_size
+        views_s, views_t = random_local_views(
+            student_logits, teacher_logits, self.config.local_views, size, self.generator
+        )
+        student = self.heads.predictor(self.heads.local_projection(views_s))
+        with torch.no_grad():
+            teacher = self.teacher_heads.local_projection(views_t)
+        return self._instance(student, teacher, self.local_memory)
+
+
+class AnatomicalContrastiveReconstruction(_StudentTeacher):
+    """MONA fine-tuning: tailness (eq. 3-5), consistency (eq. 6), diversity (nearest neighbours), L_unsup, L_sup."""
+
+    name = "finetune"
+
+    def __init__(self, config: TrainConfig, model_config: UNetConfig, device: torch.device) -> None:
+        super().__init__(config, model_config, device)
+        rep_dim = self.heads.config.representation_dim
+        self.class_bank = ClassMemoryBank(model_config.num_classes, config.num_negatives, rep_dim, device=device)
+        self.neighbours = EmbeddingQueue(config.memory_size, self.heads.config.embed_dim, device=device)
+
+    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        weak, _ = weak_augment_batch(batch.unlabelled, None, self.generator)
+        with torch.no_grad():
+            teacher_out = self.teacher.forward_features(weak)
+            pseudo = teacher_out.logits.argmax(dim=1)
+        strong, strong_pseudo = strong_from_weak(weak, pseudo, self.generator)
+        assert strong_pseudo is not None
+        images, labels = torch.cat([batch.images, strong]), torch.cat([batch.labels, strong_pseudo])
+        out = self.model.forward_features(images)
+        n_l = len(batch.images)
+        parts = supervised_loss(out.logits[:n_l], batch.labels)
+        terms = {"loss_unsup": F.cross_entropy(out.logits[n_l:], strong_pseudo)}
+        terms["loss_contrast"] = (
+            self._tailness(out.decoder, out.logits, labels) if self.config.tailness else _zero(out.logits)
+        )
+        terms["loss_eqv"] = self._consistency(images, out.logits) if self.config.consistency else _zero(out.logits)
+        terms["loss_nn"] = (
+            self._diversity(out.bottleneck[n_l:], teacher_out.bottleneck)
+            if self.config.diversity
+            else _zero(out.logits)
+        )
+        c = self.config
+        total = parts["loss"] + c.contrast_weight * terms["loss_contrast"] + c.eqv_weight * terms["loss_eqv"]
+        total = total + c.unsup_weight * terms["loss_unsup"] + c.nn_weight * terms["loss_nn"]
+        return {**parts, **terms, "loss": total}
+
+    def _tailness(self, decoder: list[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sample pixels of every class first, then project only those to the 512-d representation space."""
+        confidence = torch.softmax(logits.detach(), dim=1).gather(1, labels[:, None]).squeeze(1)
+        fused = self.heads.representation.fuse(decoder)
+        sample = sample_pixels(fused, labels, confidence, self.config.num_queries, self.generator)
+        reps = self.heads.representation.project(sample.features)
+        return anatomical_contrast_loss(
+            reps,
+            sample.labels,
+            sample.confidence,
+            num_queries=self.config.num_queries,
+            num_negatives=self.config.num_negatives,
+            hard_threshold=self.config.hard_threshold,
+            tau=self.config.contrast_tau,
+            bank=self.class_bank,
+            generator=self.generator,
+        )
+
+    def _consistency(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 on the same x: T(F(x)) against F(T(x)), T a random affine (+ intensity change on the image)."""
+        transform = RandomAffineTransform.sample(len(images), self.generator)
+        moved = RandomAffineTransform.intensity(transform.apply(images), self.generator)
+        valid = transform.valid_mask(images.shape, images.device).float()
+        return equivariance_loss(transform.apply(logits), self.model(moved), valid)
+
+    def _diversity(self, student_bottleneck: torch.Tensor, teacher_bottleneck: torch.Tensor) -> torch.Tensor:
+        """Pull the student's u towards the K nearest teacher embeddings in the FIFO bank, then enqueue v'."""
+        student = self._student_query(student_bottleneck)
+        with torch.no_grad():
+            teacher = self.teacher_heads.projection(teacher_bottleneck)
+        loss = nearest_neighbour_loss(student, teacher, self.neighbours.tensor(), self.config.nn_k)
+        self.neighbours.push(teacher)
+        return loss
