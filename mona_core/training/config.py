@@ -105,6 +105,12 @@ class TrainConfig:
             if not ok:
                 got = getattr(self, name, None) if name != "loss weights" else self._weights()
                 raise ValueError(f"expected {name} {expected}, got {got!r}")
+        unlabelled = self.batch_size - self.labelled_per_batch
+        if self.method in ("pretrain", "finetune", "mona") and unlabelled < 2:
+            raise ValueError(
+                f"expected at least 2 unlabelled slices per batch for {self.method} (BatchNorm in the heads), "
+                f"got {unlabelled} (batch_size {self.batch_size}, labelled {self.labelled_per_batch})"
+            )
 
     def _weights(self) -> tuple[float, float, float, float]:
         return (self.contrast_weight, self.eqv_weight, self.unsup_weight, self.nn_weight)

@@ -236,7 +236,7 @@ class ProgressWriter:
 
 def _status(event: ProgressEvent, losses: dict[str, float | None]) -> dict[str, Any]:
     return {
-        "stage": "train",
+        "stage": event.stage,
         "progress": event.fraction * TRAIN_SHARE,
         "iteration": event.step,
         "total_iterations": event.total,

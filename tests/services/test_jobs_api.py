@@ -113,7 +113,10 @@ def test_ratio_instead_of_patients_is_accepted(api: TestClient, service_settings
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"kind": "mona"}, "expected kind in ['supervised', 'mean_teacher', 'cps'], got 'mona'"),
+        ({"kind": "magic"}, "expected kind in ['supervised', 'mean_teacher', 'cps', 'pretrain', 'finetune', 'mona']"),
+        ({"config": {"init_from": "/etc/passwd"}}, "expected no init_from in config"),
+        ({"kind": "finetune"}, "expected from_job_id exactly for kind finetune"),
+        ({"from_job_id": "a" * 32}, "expected from_job_id exactly for kind finetune"),
         ({"config": {"iterations": 20, "epochs": 3}}, "got unknown ['epochs']"),
         ({"config": {"size": 100}}, "expected size a multiple of 16, at least 16, got 100"),
         ({"config": {"iterations": "20"}}, "expected iterations to be int, got str"),
@@ -239,3 +242,18 @@ def test_unknown_or_malformed_job_ids_are_404(api: TestClient, job_id: str) -> N
         response = api.get(f"/v1/jobs/{job_id}{path}")
         assert response.status_code == 404 and "expected the id of an existing job" in response.json()["detail"]
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 404
+
+
+def test_finetune_starts_from_a_succeeded_pretrain_job(api: TestClient, service_settings: Settings) -> None:
+    dataset_id = insert_dataset(service_settings)
+    pretrain = api.post("/v1/jobs", json=job_body(dataset_id, kind="pretrain")).json()
+    early = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune", from_job_id=pretrain["id"]))
+    assert early.status_code == 422 and "expected a succeeded pretrain job, got a queued pretrain job" in early.text
+    with session_scope(service_settings.sqlalchemy_url) as session:
+        session.get_one(TrainingJob, pretrain["id"]).status = "succeeded"
+    response = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune", from_job_id=pretrain["id"]))
+    assert response.status_code == 202, response.text
+    init_from = response.json()["config"]["init_from"]
+    assert init_from.endswith(f"runs/{pretrain['id']}/checkpoints/last.pt")
+    missing = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune", from_job_id="b" * 32))
+    assert missing.status_code == 404

@@ -271,14 +271,23 @@ def test_real_worker_runs_a_training_job(service_settings: Settings, tmp_path: P
     assert job.worker is not None and job.model_id is not None
 
 
-@pytest.mark.parametrize("kind", ["mean_teacher", "cps"])
-def test_semi_supervised_kinds_run_as_jobs(service_settings: Settings, tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "loss"),
+    [
+        ("mean_teacher", "loss_consistency"),
+        ("cps", "loss_cps"),
+        ("pretrain", "loss_inst_global"),
+        ("mona", "loss_contrast"),
+    ],
+)
+def test_semi_supervised_kinds_run_as_jobs(service_settings: Settings, tmp_path: Path, kind: str, loss: str) -> None:
     dataset_id = make_dataset(service_settings, tmp_path)
-    config = FAST.with_overrides(method=kind, iterations=2, val_every=2, checkpoint_every=2)
+    config = FAST.with_overrides(
+        method=kind, iterations=4, batch_size=4, num_queries=32, num_negatives=64, local_views=4
+    )
     job_id = make_job(service_settings, dataset_id, config, labelled_patients=1)
     run_training_job(service_settings, job_id)
     job = load_job(service_settings, job_id)
     assert job.status == "succeeded" and job.model_id is not None, job.error
-    assert job.latest_losses is not None and (
-        "loss_consistency" in job.latest_losses or "loss_cps" in job.latest_losses
-    )
+    assert job.latest_losses is not None and loss in job.latest_losses
+    assert [row["step"] for row in metric_rows(service_settings, job_id)] == [1, 2, 3, 4]

@@ -55,6 +55,8 @@ def test_labelled_share_of_a_batch() -> None:
     assert TrainConfig(method="cps", batch_size=6, labelled_batch_size=2).labelled_per_batch == 2
     with pytest.raises(ValueError, match="expected labelled_batch_size"):
         TrainConfig(batch_size=4, labelled_batch_size=5)
+    with pytest.raises(ValueError, match="at least 2 unlabelled slices per batch for mona"):
+        TrainConfig(method="mona", batch_size=2)
 
 
 @pytest.mark.parametrize(("method", "modules"), [("mean_teacher", {"model", "teacher"}), ("cps", {"model", "second"})])

@@ -6,7 +6,8 @@ The API only writes a job's request and its cancel flag; the worker owns every p
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Annotated, Any, Final, cast
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -14,10 +15,11 @@ from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from mona_core.training.config import METHODS, TrainConfig
-from services.api.deps import CeleryDep, SessionDep
+from services.api.deps import CeleryDep, SessionDep, StoreDep
 from services.api.routes.reports import get_or_404, send_or_fail
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
+from services.common.storage import ArtifactStore
 from services.common.tasks import send_train
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,12 @@ def validate_request(body: JobCreate) -> TrainConfig:
         raise _unprocessable(
             f"expected labelled_patients or labelled_ratio, got both ({body.labelled_patients}, {body.labelled_ratio})"
         )
+    if "init_from" in body.config:
+        raise _unprocessable("expected no init_from in config (a finetune job names its pretrain job in from_job_id)")
+    if (body.kind == "finetune") != (body.from_job_id is not None):
+        raise _unprocessable(
+            f"expected from_job_id exactly for kind finetune, got kind {body.kind!r} with {body.from_job_id!r}"
+        )
     _check_types(body.config)
     try:
         return TrainConfig.from_dict({**body.config, "device": body.device, "method": body.kind})
@@ -69,10 +77,12 @@ def _check_dataset(session: Session, dataset_id: str) -> Dataset:
 
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_job(body: JobCreate, session: SessionDep, celery: CeleryDep) -> JobPublic:
+def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: CeleryDep) -> JobPublic:
     """Queue a training job; 503 (and the job marked failed) when the task broker cannot be reached."""
     config = validate_request(body)
     dataset = _check_dataset(session, body.dataset_id)
+    if body.from_job_id is not None:
+        config = replace(config, init_from=str(_pretrained_checkpoint(session, store, body.from_job_id)))
     job = TrainingJob(
         id=new_id(),
         kind=body.kind,
@@ -88,6 +98,14 @@ def create_job(body: JobCreate, session: SessionDep, celery: CeleryDep) -> JobPu
     send_or_fail(session, job, lambda: send_train(celery, job.id))
     logger.info("queued %s job %s on dataset %s", job.kind, job.id, dataset.id)
     return JobPublic.model_validate(job)
+
+
+def _pretrained_checkpoint(session: Session, store: ArtifactStore, job_id: str) -> Path:
+    """The last checkpoint of a succeeded pretrain job (404 unknown job, 422 wrong kind or status)."""
+    source = get_or_404(session, TrainingJob, job_id, "job")
+    if source.kind != "pretrain" or source.status != JobStatus.SUCCEEDED.value:
+        raise _unprocessable(f"expected a succeeded pretrain job, got a {source.status} {source.kind} job ({job_id})")
+    return store.run_dir(source.id) / "checkpoints" / "last.pt"
 
 
 @router.get("/jobs", response_model=list[JobPublic])

@@ -25,6 +25,9 @@ class JobCreate(BaseModel):
     labelled_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     config: dict[str, Any] = Field(default_factory=dict, examples=[{"iterations": 2000, "size": 128}])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    from_job_id: str | None = Field(
+        default=None, description="for kind finetune: the succeeded pretrain job whose last checkpoint it starts from"
+    )
 
 
 class JobPublic(BaseModel):
