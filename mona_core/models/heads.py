@@ -159,8 +159,10 @@ def random_local_views(
 class RepresentationHead(nn.Module):
     """FPN fusion of the decoder maps (``fuse``) and a per-pixel MLP to L2-normalised ``out_dim`` vectors (``project``).
 
-    ``fuse``: lateral 1x1 convs to ``fpn_channels``, top-down bilinear up-sampling + add, a 3x3 conv on the finest
-    level. ``project`` is the paper's "consecutive 1x1 convolutions" written as Linear-ReLU-Linear on sampled pixels.
+    ``fuse``: lateral 1x1 convs to ``fpn_channels``, top-down bilinear up-sampling + add, a 3x3 smoothing conv at
+    half resolution, then the finest lateral added after up-sampling (the 3x3 conv at full resolution cost more than
+    the whole UNet step on a CPU, for no sampled pixel's benefit). ``project`` is the paper's "consecutive 1x1
+    convolutions" written as Linear-ReLU-Linear on sampled pixels.
     """
 
     def __init__(
@@ -183,10 +185,14 @@ class RepresentationHead(nn.Module):
         if widths != self.in_channels:
             raise ValueError(f"expected decoder maps with channels {self.in_channels}, got {widths}")
         fused = self.lateral[0](decoder[0])
-        for lateral, feature in zip(self.lateral[1:], decoder[1:], strict=True):
-            up = F.interpolate(fused, size=feature.shape[-2:], mode="bilinear", align_corners=False)
-            fused = up + lateral(feature)
-        return self.smooth(fused)  # type: ignore[no-any-return]
+        for lateral, feature in zip(self.lateral[1:-1], decoder[1:-1], strict=True):
+            fused = self._up(fused, feature) + lateral(feature)
+        finest = decoder[-1]
+        return self._up(self.smooth(fused), finest) + self.lateral[-1](finest)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """``(P, fpn_channels)`` sampled pixel features → ``(P, out_dim)`` unit vectors."""
