@@ -3,8 +3,8 @@
 Times forward + backward + SGD step (median of ``--repeats`` after a warm-up) for every method at the same batch
 (``--labelled`` + ``--unlabelled`` slices of ``--size`` x ``--size``; the supervised step gets the same slices, all
 with labels, so every method processes the same images), and reports the peak memory of the MONA fine-tuning step:
-CUDA's max allocated memory on a GPU, the process's peak RSS growth on the CPU. Goals: a MONA fine-tune step <= 3x a supervised step;
-a 4 + 4 batch at 256x256 <= 4 GB.
+CUDA's max allocated memory on a GPU, the process's peak RSS growth on the CPU. Goals: a MONA fine-tune step <= 3x
+a supervised step; a 4 + 4 batch at 256x256 <= 4 GB.
 
     .venv/bin/python benchmarks/mona_cost.py [--size 256] [--labelled 4] [--unlabelled 4] [--device cpu]
 """
