@@ -30,6 +30,7 @@ def add_train(sub: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--preset", choices=["mri", "ct"], help="intensity preset (default from dataset.json)")
     p.add_argument("--patient-pattern", help="regex with one group extracting the patient id from a case id")
+    p.add_argument("--init-from", type=Path, help="checkpoint to start from (finetune: a pretrain run's last.pt)")
     p.add_argument("--out", required=True, type=Path, help="run directory (an existing one is resumed)")
     p.set_defaults(handler=run_train)
 
@@ -93,7 +94,10 @@ def run_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         seed=args.seed,
         device=args.device,
+        init_from=str(args.init_from) if args.init_from else None,
     )
+    if config.method == "finetune" and config.init_from is None:
+        raise ValueError("expected --init-from CHECKPOINT for --method finetune (or use --method mona), got none")
     emit(
         f"training {config.method} on {index.name}: {len(selection.labelled)} labelled patients "
         f"({', '.join(selection.labelled)}), {len(selection.unlabelled)} unlabelled; run dir {args.out}"

@@ -121,3 +121,10 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(tmp_path: Path, capsys: pyt
 def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_finetune_needs_a_checkpoint_to_start_from(
+    phantom_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--data", str(phantom_dataset), "--method", "finetune", "--out", str(tmp_path / "run")])
+    assert code == 2 and "expected --init-from" in capsys.readouterr().err
