@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from mona_core.cli import commands, demo
+from mona_core.cli import commands, demo, study
 from mona_core.data.dataset import DatasetError
 from mona_core.io import NiftiError
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_segment(sub)
     commands.add_evaluate(sub)
     demo.add_demo(sub)
+    study.add_study(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
         plugin.load()(sub)
     return parser

@@ -228,3 +228,30 @@ def save_loss_curve_png(history: Sequence[Mapping[str, float]], path: str | Path
     ax.set_title(title or "training curves")
     fig.tight_layout()
     return write_png_atomic(fig, path)
+
+
+def save_study_png(cells: Sequence[Mapping[str, object]], path: str | Path, title: str | None = None) -> Path:
+    """Label efficiency: mean DSC (%) and mean ASD against the labelled ratio, one line per method.
+
+    ``cells`` are study cells as dicts with ``method``, ``ratio`` and ``mean`` (``{"dice", "asd"}``).
+    """
+    fig = Figure(figsize=(9.0, 4.0), dpi=DPI)
+    dice_ax, asd_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    methods = sorted({str(cell["method"]) for cell in cells})
+    for number, method in enumerate(methods):
+        rows = sorted((c for c in cells if c["method"] == method), key=lambda c: float(c["ratio"]))  # type: ignore[arg-type]
+        ratios = [100 * float(c["ratio"]) for c in rows]  # type: ignore[arg-type]
+        means = [c["mean"] for c in rows]
+        dice = [np.nan if m["dice"] is None else 100 * m["dice"] for m in means]  # type: ignore[index]
+        asd = [np.nan if m["asd"] is None else m["asd"] for m in means]  # type: ignore[index]
+        colour = class_colour(number + 1)
+        dice_ax.plot(ratios, dice, marker="o", label=method, color=colour)
+        asd_ax.plot(ratios, asd, marker="o", label=method, color=colour)
+    for ax, label in ((dice_ax, "mean DSC (%)"), (asd_ax, "mean ASD")):
+        ax.set_xlabel("labelled patients (%)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    dice_ax.legend(fontsize=8)
+    fig.suptitle(title or "label efficiency")
+    fig.tight_layout()
+    return write_png_atomic(fig, path)

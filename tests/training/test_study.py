@@ -1,0 +1,49 @@
+"""The label-efficiency study: every (ratio, method) cell trained under one budget, scored, and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mona_core.cli import main
+from mona_core.data.dataset import load_dataset
+from mona_core.training.config import TrainConfig
+from mona_core.training.study import StudyConfig, run_study
+
+TINY = TrainConfig(iterations=2, size=32, batch_size=4, val_every=2, checkpoint_every=2, log_every=1, device="cpu")
+
+
+def test_study_reports_every_cell(phantom_dataset: Path, tmp_path: Path) -> None:
+    study = StudyConfig(methods=("supervised", "mean_teacher"), ratios=(0.25, 0.8), base=TINY)
+    report = run_study(study, load_dataset(phantom_dataset), tmp_path / "study")
+    assert report is not None
+    cells = [(c["ratio"], c["method"], len(c["labelled_patients"])) for c in report["cells"]]
+    assert cells == [
+        (0.25, "supervised", 1),
+        (0.25, "mean_teacher", 1),
+        (1.0, "supervised", 4),
+        (1.0, "mean_teacher", 4),
+    ]
+    for cell in report["cells"]:
+        assert set(cell["per_class"]) == {"RV", "Myo", "LV"} and cell["best"]["step"] == 2
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert saved["cells"] == json.loads(json.dumps(report["cells"]))
+    markdown = (tmp_path / "study" / "study.md").read_text()
+    assert markdown.count("\n") == 2 + 4 and "| 0.25 (1 pt) | supervised |" in markdown
+    assert (tmp_path / "study" / "study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_study_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="expected methods among"):
+        StudyConfig(methods=("finetune",))
+    with pytest.raises(ValueError, match="expected labelled ratios"):
+        StudyConfig(ratios=(0.0,))
+
+
+def test_study_from_the_command_line(phantom_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["study", "--data", str(phantom_dataset), "--methods", "supervised", "--ratios", "0.5"]
+    args += ["--iterations", "2", "--size", "32", "--batch-size", "2", "--val-every", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    assert "| 0.5 (2 pt) | supervised |" in capsys.readouterr().out
