@@ -26,8 +26,8 @@ def add_study(sub: Any) -> None:
 
 def run_study_command(args: argparse.Namespace) -> int:
     from mona_core.data.dataset import load_dataset
-    from mona_core.training.config import TrainConfig
-    from mona_core.training.study import StudyConfig, run_study
+    from mona_core.training.config import StudyConfig, TrainConfig
+    from mona_core.training.study import run_study
 
     base = TrainConfig().with_overrides(
         iterations=args.iterations,

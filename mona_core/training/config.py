@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 METHODS = ("supervised", "mean_teacher", "cps", "pretrain", "finetune", "mona")
@@ -135,3 +135,53 @@ class TrainConfig:
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Which methods at which labelled ratios, and the budget (``base``) they all share."""
+
+    methods: tuple[str, ...] = ("supervised", "mean_teacher", "mona")
+    ratios: tuple[float, ...] = (0.01, 0.05, 0.10)
+    base: TrainConfig = field(default_factory=TrainConfig)
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        allowed = [m for m in METHODS if m not in ("pretrain", "finetune")]
+        if not self.methods or any(m not in allowed for m in self.methods):
+            raise ValueError(f"expected methods among {allowed}, got {list(self.methods)}")
+        if not self.ratios or not all(0.0 < r <= 1.0 for r in self.ratios):
+            raise ValueError(f"expected labelled ratios in (0, 1], got {list(self.ratios)}")
+
+    @classmethod
+    def from_request(cls, config: dict[str, Any]) -> StudyConfig:
+        """``{"methods", "ratios", "split_seed", **TrainConfig fields}`` as a REST job's ``config`` gives it."""
+        rest = {k: v for k, v in config.items() if k not in ("methods", "ratios", "split_seed")}
+        defaults = cls()
+        return cls(
+            methods=tuple(config.get("methods", defaults.methods)),
+            ratios=tuple(float(r) for r in config.get("ratios", defaults.ratios)),
+            base=TrainConfig.from_dict(rest),
+            split_seed=int(config.get("split_seed", 0)),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        return cls(
+            methods=tuple(data["methods"]),
+            ratios=tuple(float(r) for r in data["ratios"]),
+            base=TrainConfig.from_dict(data["base"]),
+            split_seed=int(data["split_seed"]),
+        )
+
+    @property
+    def total_iterations(self) -> int:
+        return len(self.methods) * len(self.ratios) * self.base.iterations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.methods),
+            "ratios": list(self.ratios),
+            "base": self.base.to_dict(),
+            "split_seed": self.split_seed,
+        }

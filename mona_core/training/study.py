@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +21,13 @@ from mona_core.data.splits import select_labelled
 from mona_core.models import UNetConfig, build_model
 from mona_core.report.figures import save_study_png
 from mona_core.training.checkpoint import checkpoint_for_export, load_checkpoint
-from mona_core.training.config import METHODS, TrainConfig
+from mona_core.training.config import StudyConfig, TrainConfig
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.slices import load_val_cases
 from mona_core.training.trainer import resolve_device, train
 from mona_core.training.validation import validate
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """Which methods at which labelled ratios, and the budget (``base``) they all share."""
-
-    methods: tuple[str, ...] = ("supervised", "mean_teacher", "mona")
-    ratios: tuple[float, ...] = (0.01, 0.05, 0.10)
-    base: TrainConfig = field(default_factory=TrainConfig)
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        allowed = [m for m in METHODS if m not in ("pretrain", "finetune")]
-        if not self.methods or any(m not in allowed for m in self.methods):
-            raise ValueError(f"expected methods among {allowed}, got {list(self.methods)}")
-        if not self.ratios or not all(0.0 < r <= 1.0 for r in self.ratios):
-            raise ValueError(f"expected labelled ratios in (0, 1], got {list(self.ratios)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "methods": list(self.methods),
-            "ratios": list(self.ratios),
-            "base": self.base.to_dict(),
-            "split_seed": self.split_seed,
-        }
 
 
 @dataclass(frozen=True)

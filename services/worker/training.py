@@ -48,6 +48,7 @@ from services.common.models import TERMINAL, JobStatus, Model, TrainingJob
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
 from services.worker.recovery import JobLease, lease_interval
+from services.worker.study import run_study_job
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ def _claim(settings: Settings, job_id: str, me: str) -> bool:
 
 
 def _run_claimed(settings: Settings, store: ArtifactStore, job_id: str, me: str, lease: JobLease) -> str:
+    if _kind(settings, job_id) == "study":
+        attempt = _attempt(settings, job_id)
+        writer = ProgressWriter(settings.sqlalchemy_url, job_id, me, attempt)
+        return run_study_job(settings, store, job_id, me, lease, writer)
     spec = _load_spec(settings, job_id)
     if spec.cancel_requested:
         return _stopped(settings, job_id, me, lease, step=0)
@@ -137,6 +142,16 @@ def _run_claimed(settings: Settings, store: ArtifactStore, job_id: str, me: str,
         return _stopped(settings, job_id, me, lease, step=result.steps)
     _log(settings, job_id, f"training done at step {result.steps} (best {result.best})")
     return _export_and_finish(settings, store, job_id, me, index, result.best)
+
+
+def _kind(settings: Settings, job_id: str) -> str:
+    with session_scope(settings.sqlalchemy_url) as session:
+        return session.get_one(TrainingJob, job_id).kind
+
+
+def _attempt(settings: Settings, job_id: str) -> int:
+    with session_scope(settings.sqlalchemy_url) as session:
+        return session.get_one(TrainingJob, job_id).attempts
 
 
 def _load_spec(settings: Settings, job_id: str) -> JobSpec:

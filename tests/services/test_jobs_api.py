@@ -113,8 +113,13 @@ def test_ratio_instead_of_patients_is_accepted(api: TestClient, service_settings
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"kind": "magic"}, "expected kind in ['supervised', 'mean_teacher', 'cps', 'pretrain', 'finetune', 'mona']"),
+        (
+            {"kind": "magic"},
+            "expected kind in ['supervised', 'mean_teacher', 'cps', 'pretrain', 'finetune', 'mona', 'study']",
+        ),
         ({"config": {"init_from": "/etc/passwd"}}, "expected no init_from in config"),
+        ({"kind": "study"}, "expected the study's labelled ratios in config.ratios"),
+        ({"kind": "study", "labelled_patients": None, "config": {"methods": ["finetune"]}}, "expected methods among"),
         ({"kind": "finetune"}, "expected from_job_id exactly for kind finetune"),
         ({"from_job_id": "a" * 32}, "expected from_job_id exactly for kind finetune"),
         ({"config": {"iterations": 20, "epochs": 3}}, "got unknown ['epochs']"),

@@ -13,7 +13,7 @@ import torch
 from sqlalchemy import select
 
 from mona_core.data.phantoms import PHANTOM_CLASSES, write_phantom_case
-from mona_core.training.config import TrainConfig
+from mona_core.training.config import StudyConfig, TrainConfig
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
 from services.common.models import (
@@ -291,3 +291,36 @@ def test_semi_supervised_kinds_run_as_jobs(service_settings: Settings, tmp_path:
     assert job.status == "succeeded" and job.model_id is not None, job.error
     assert job.latest_losses is not None and loss in job.latest_losses
     assert [row["step"] for row in metric_rows(service_settings, job_id)] == [1, 2, 3, 4]
+
+
+def test_a_study_job_stores_its_report_and_plot(service_settings: Settings, tmp_path: Path, api: Any) -> None:
+    dataset_id = make_dataset(service_settings, tmp_path)
+    study = StudyConfig(methods=("supervised", "mean_teacher"), ratios=(0.34,), base=FAST.with_overrides(batch_size=4))
+    response = api.post(
+        "/v1/jobs",
+        json={
+            "kind": "study",
+            "dataset_id": dataset_id,
+            "config": {
+                "methods": list(study.methods),
+                "ratios": [0.34],
+                **{
+                    k: v
+                    for k, v in study.base.to_dict().items()
+                    if k in ("iterations", "size", "batch_size", "val_every")
+                },
+            },
+            "device": "cpu",
+        },
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["total_iterations"] == 2 * FAST.iterations
+    assert run_training_job(service_settings, job_id) == JobStatus.SUCCEEDED.value
+    job = load_job(service_settings, job_id)
+    assert job.model_id is None and job.result is not None and len(job.result["cells"]) == 2
+    report = api.get(f"/v1/jobs/{job_id}/study").json()
+    assert [cell["method"] for cell in report["cells"]] == ["supervised", "mean_teacher"]
+    assert "| 0.34 (1 pt) | supervised |" in api.get(f"/v1/jobs/{job_id}/study.md").text
+    assert api.get(f"/v1/jobs/{job_id}/study.png").content[:4] == b"\x89PNG"
+    assert api.get(f"/v1/jobs/{make_job(service_settings, dataset_id)}/study").status_code == 404

@@ -9,8 +9,8 @@ import pytest
 
 from mona_core.cli import main
 from mona_core.data.dataset import load_dataset
-from mona_core.training.config import TrainConfig
-from mona_core.training.study import StudyConfig, run_study
+from mona_core.training.config import StudyConfig, TrainConfig
+from mona_core.training.study import run_study
 
 TINY = TrainConfig(iterations=2, size=32, batch_size=4, val_every=2, checkpoint_every=2, log_every=1, device="cpu")
 
@@ -47,3 +47,11 @@ def test_study_from_the_command_line(phantom_dataset: Path, tmp_path: Path, caps
     args += ["--iterations", "2", "--size", "32", "--batch-size", "2", "--val-every", "2", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "s")]) == 0
     assert "| 0.5 (2 pt) | supervised |" in capsys.readouterr().out
+
+
+def test_study_request_round_trip() -> None:
+    study = StudyConfig.from_request({"methods": ["supervised"], "ratios": [0.1], "iterations": 7, "size": 64})
+    assert study.base.iterations == 7 and study.base.size == 64 and study.total_iterations == 7
+    assert StudyConfig.from_dict(study.to_dict()) == study
+    with pytest.raises(ValueError, match="unknown"):
+        StudyConfig.from_request({"methods": ["supervised"], "k1": 3})

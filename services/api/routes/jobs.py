@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any, Final, cast
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from mona_core.training.config import METHODS, TrainConfig
+from mona_core.training.config import METHODS, StudyConfig, TrainConfig
 from services.api.deps import CeleryDep, SessionDep, StoreDep
-from services.api.routes.reports import get_or_404, send_or_fail
+from services.api.routes.reports import get_or_404, send_or_fail, stored_file
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
-KINDS: Final = METHODS
+KINDS: Final = (*METHODS, "study")
 _TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
@@ -44,8 +45,8 @@ def _check_types(config: dict[str, Any]) -> None:
             raise _unprocessable(f"expected {name} to be {annotations[name]}, got {type(value).__name__} {value!r}")
 
 
-def validate_request(body: JobCreate) -> TrainConfig:
-    """The ``TrainConfig`` of a request, or 422 with what was expected."""
+def validate_request(body: JobCreate) -> TrainConfig | StudyConfig:
+    """The ``TrainConfig`` (or, for kind ``study``, the ``StudyConfig``) of a request, or 422 with what was expected."""
     if body.kind not in KINDS:
         raise _unprocessable(f"expected kind in {list(KINDS)}, got {body.kind!r}")
     if body.labelled_patients is not None and body.labelled_ratio is not None:
@@ -60,9 +61,18 @@ def validate_request(body: JobCreate) -> TrainConfig:
         )
     _check_types(body.config)
     try:
+        if body.kind == "study":
+            return _study_request(body)
         return TrainConfig.from_dict({**body.config, "device": body.device, "method": body.kind})
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise _unprocessable(str(exc)) from exc
+
+
+def _study_request(body: JobCreate) -> StudyConfig:
+    """A study takes its labelled ratios in ``config["ratios"]`` and its methods in ``config["methods"]``."""
+    if body.labelled_patients is not None or body.labelled_ratio is not None:
+        raise _unprocessable("expected the study's labelled ratios in config.ratios, got labelled_patients/ratio")
+    return StudyConfig.from_request({**body.config, "device": body.device})
 
 
 def _check_dataset(session: Session, dataset_id: str) -> Dataset:
@@ -81,7 +91,7 @@ def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: Ce
     """Queue a training job; 503 (and the job marked failed) when the task broker cannot be reached."""
     config = validate_request(body)
     dataset = _check_dataset(session, body.dataset_id)
-    if body.from_job_id is not None:
+    if body.from_job_id is not None and isinstance(config, TrainConfig):
         config = replace(config, init_from=str(_pretrained_checkpoint(session, store, body.from_job_id)))
     job = TrainingJob(
         id=new_id(),
@@ -91,7 +101,7 @@ def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: Ce
         labelled_patients=body.labelled_patients,
         labelled_ratio=body.labelled_ratio,
         device=body.device,
-        total_iterations=config.iterations,
+        total_iterations=config.total_iterations if isinstance(config, StudyConfig) else config.iterations,
     )
     session.add(job)
     session.commit()
@@ -172,3 +182,31 @@ def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     session.refresh(job)
     logger.info("cancel requested for job %s (now %s)", job.id, job.status)
     return JobPublic.model_validate(job)
+
+
+def _study_result(session: Session, job_id: str) -> dict[str, Any]:
+    job = get_or_404(session, TrainingJob, job_id, "job")
+    if job.kind != "study" or job.result is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"expected a finished study job, got a {job.status} {job.kind} job"
+        )
+    return dict(job.result)
+
+
+@router.get("/jobs/{job_id}/study")
+def get_study(job_id: str, session: SessionDep) -> dict[str, Any]:
+    """The study's Table-I-style report: every (ratio, method) cell with DSC / ASD per class and the means."""
+    result = _study_result(session, job_id)
+    return {key: value for key, value in result.items() if key != "figure_key"}
+
+
+@router.get("/jobs/{job_id}/study.md", response_class=PlainTextResponse)
+def get_study_markdown(job_id: str, session: SessionDep) -> PlainTextResponse:
+    return PlainTextResponse(str(_study_result(session, job_id)["markdown"]), media_type="text/markdown")
+
+
+@router.get("/jobs/{job_id}/study.png")
+def get_study_plot(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    """Mean DSC and ASD against the labelled ratio, one line per method."""
+    key = str(_study_result(session, job_id)["figure_key"])
+    return FileResponse(stored_file(store, key, "study plot"), media_type="image/png")
