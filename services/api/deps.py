@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from services.common.auth import find_key
-from services.common.db import session_factory
+from services.common.db import session_scope
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
 
@@ -27,15 +27,9 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = session_factory(settings.sqlalchemy_url)()
-    try:
+    """One session per request: committed when the route returns, rolled back when it raises."""
+    with session_scope(settings.sqlalchemy_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -6,14 +6,17 @@ checkpoints and progress are the same for every method, so methods compare under
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from mona_core.models import UNet
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,9 @@ def sigmoid_rampup(step: int, length: int) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-def frozen_copy(model: UNet) -> UNet:
-    """A teacher: same architecture and weights, no gradients."""
-    teacher = UNet(model.config).to(next(model.parameters()).device)
-    teacher.load_state_dict(model.state_dict())
+def frozen_copy(module: ModuleT) -> ModuleT:
+    """A teacher: same architecture, weights and device as ``module``, with no gradients."""
+    teacher = copy.deepcopy(module)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher

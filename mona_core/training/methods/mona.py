@@ -29,17 +29,9 @@ from mona_core.losses import (
     supervised_loss,
 )
 from mona_core.models import UNet, UNetConfig, build_model
-from mona_core.models.heads import HeadsConfig, MonaHeads, build_heads, random_local_views, sample_pixels
+from mona_core.models.heads import HeadsConfig, build_heads, random_local_views, sample_pixels
 from mona_core.training.config import TrainConfig
 from mona_core.training.methods.base import Batch, ema_update, frozen_copy
-
-
-def _frozen_heads(heads: MonaHeads) -> MonaHeads:
-    teacher = build_heads(heads.config).to(next(heads.parameters()).device)
-    teacher.load_state_dict(heads.state_dict())
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -56,7 +48,7 @@ class _StudentTeacher:
         self.model = build_model(model_config).to(device)
         self.heads = build_heads(HeadsConfig.from_unet(model_config)).to(device)
         self.teacher = frozen_copy(self.model)
-        self.teacher_heads = _frozen_heads(self.heads)
+        self.teacher_heads = frozen_copy(self.heads)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.device = device
 
