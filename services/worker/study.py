@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from mona_core.training.config import StudyConfig
+from mona_core.training.progress import ProgressFn
 from mona_core.training.study import run_study
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_study_job(
-    settings: Settings, store: ArtifactStore, job_id: str, me: str, lease: JobLease, writer: object
+    settings: Settings, store: ArtifactStore, job_id: str, me: str, lease: JobLease, writer: ProgressFn
 ) -> str:
     """Run a claimed study job to its end (or until cancelled); returns the status it ended in."""
     with session_scope(settings.sqlalchemy_url) as session:
@@ -33,7 +34,7 @@ def run_study_job(
         record_progress(session, job_id, me, {"total_iterations": study.total_iterations, "stage": "study"})
         append_log(session, job_id, f"study: {len(study.methods)} methods x {len(study.ratios)} ratios")
     run_dir = store.run_dir(job_id)
-    report = run_study(study, index, run_dir, progress=writer, should_stop=lease.should_stop)  # type: ignore[arg-type]
+    report = run_study(study, index, run_dir, progress=writer, should_stop=lease.should_stop)
     with session_scope(settings.sqlalchemy_url) as session:
         if report is None:
             finish_job(session, job_id, me, JobStatus.CANCELLED, stage="cancelled")
