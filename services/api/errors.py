@@ -17,23 +17,21 @@ class PayloadTooLarge(Exception):
     """An upload past the configured size cap (413)."""
 
 
+STATUS_OF: dict[type[Exception], int] = {
+    NiftiError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    VolumeTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    PayloadTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    StorageError: status.HTTP_400_BAD_REQUEST,
+}
+"""Library errors and the HTTP status they become; the most specific class wins (VolumeTooLarge is a NiftiError)."""
+
+
+async def _as_json(request: Request, exc: Exception) -> JSONResponse:
+    del request
+    code = next(STATUS_OF[kind] for kind in type(exc).__mro__ if kind in STATUS_OF)
+    return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(NiftiError)
-    async def nifti_error(request: Request, exc: NiftiError) -> JSONResponse:
-        del request
-        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": str(exc)})
-
-    @app.exception_handler(VolumeTooLarge)
-    async def volume_too_large(request: Request, exc: VolumeTooLarge) -> JSONResponse:
-        del request
-        return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE, content={"detail": str(exc)})
-
-    @app.exception_handler(PayloadTooLarge)
-    async def too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
-        del request
-        return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE, content={"detail": str(exc)})
-
-    @app.exception_handler(StorageError)
-    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
-        del request
-        return JSONResponse(status_code=status.HTTP_400_BAD_REQUEST, content={"detail": str(exc)})
+    for kind in STATUS_OF:
+        app.add_exception_handler(kind, _as_json)
