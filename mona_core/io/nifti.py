@@ -9,15 +9,26 @@ A 2D single slice is accepted and becomes a one-slice volume; 4D images are reje
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 from mona_core.io.errors import NiftiError
 from mona_core.io.payload import check_payload
+
+
+def _sitk() -> ModuleType:
+    """SimpleITK, imported on first use: code that only trains on slices already in memory never needs it."""
+    return importlib.import_module("SimpleITK")
+
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +118,7 @@ def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
     if dim == 3:
         return image
     if dim == 2:
-        return sitk.JoinSeries(image)
+        return _sitk().JoinSeries(image)
     if dim == 4 and image.GetSize()[3] == 1:
         return image[:, :, :, 0]
     raise NiftiError(f"expected a 3D volume (or a 2D slice), got a {dim}D image of size {image.GetSize()} ({name})")
@@ -115,7 +126,7 @@ def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
 
 def _read_sitk(path: Path, max_voxels: int | None = None) -> sitk.Image:
     _check_readable(path, max_voxels)
-    reader = sitk.ImageFileReader()
+    reader = _sitk().ImageFileReader()
     reader.SetImageIO("NiftiImageIO")
     reader.SetFileName(str(path))
     try:
@@ -148,7 +159,7 @@ def read_image(path: str | Path, max_voxels: int | None = None) -> Volume:
     """
     path = Path(path)
     image = _read_sitk(path, max_voxels)
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    array = _sitk().GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise NiftiError(f"expected finite intensities, got {bad} NaN or infinite voxels in {path.name}")
@@ -174,7 +185,7 @@ def read_label(
             f"origin {image_geometry.origin}, direction {image_geometry.direction}), got size {geometry.size}, "
             f"spacing {geometry.spacing}, origin {geometry.origin}, direction {geometry.direction}"
         )
-    raw = sitk.GetArrayFromImage(image)
+    raw = _sitk().GetArrayFromImage(image)
     return Volume(array=validate_label_array(raw, num_classes, path.name), geometry=geometry)
 
 
@@ -195,7 +206,7 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An image with ``array`` (z, y, x) as voxels on ``geometry``."""
     if array.shape != geometry.shape:
         raise NiftiError(f"expected an array of shape {geometry.shape}, got {array.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image = _sitk().GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
@@ -210,7 +221,7 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     partial = path.with_name(f".{path.name}.partial{suffix}")
-    sitk.WriteImage(to_sitk(volume.array, volume.geometry), str(partial), useCompression=suffix == ".nii.gz")
+    _sitk().WriteImage(to_sitk(volume.array, volume.geometry), str(partial), useCompression=suffix == ".nii.gz")
     partial.replace(path)
     logger.debug("wrote %s (%s)", path, volume.geometry.size)
     return path

@@ -24,8 +24,9 @@ class TrainConfig:
     of 300 epochs). ``tailness`` / ``consistency`` / ``diversity`` switch the three fine-tuning terms (Table III).
 
     Semi-supervised methods split each batch into ``labelled_batch_size`` labelled slices (default: half) and the
-    rest unlabelled; the supervised method uses labelled slices only. Consistency weights (Mean Teacher, CPS)
-    ramp up with a sigmoid over the first ``rampup_fraction`` of the iterations.
+    rest unlabelled; the supervised method uses labelled slices only. Unsupervised weights (Mean Teacher, CPS,
+    and MONA fine-tuning's λ1-λ4) ramp up with a sigmoid over the first ``rampup_fraction`` of the (stage's)
+    iterations; ``rampup_fraction=0`` applies them at full weight from the first step.
     """
 
     method: str = "supervised"

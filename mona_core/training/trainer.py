@@ -69,6 +69,33 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains and validates on, already in memory: the slice bank, whole validation volumes, the label
+    names and intensity preset, and a JSON description of where they came from (written to ``run.json``)."""
+
+    bank: SliceBank
+    val_cases: list[ValCase]
+    classes: tuple[str, ...]
+    preset: str
+    description: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def read_training_data(index: DatasetIndex, selection: LabelledSelection, size: int) -> TrainingData:
+    """Read the training slices (labels of the selected patients only) and the validation volumes of ``index``."""
+    description = {
+        "data_root": str(index.root.resolve()),
+        "dataset": index.to_dict(),
+        "selection": selection.to_dict(),
+    }
+    bank = build_slice_bank(index, selection, size)
+    return TrainingData(bank, load_val_cases(index), tuple(index.classes), index.preset, description)
+
+
 def train(
     config: TrainConfig,
     index: DatasetIndex,
@@ -77,16 +104,26 @@ def train(
     progress: ProgressFn = ignore_progress,
     should_stop: StopFn = never_stop,
 ) -> TrainResult:
-    """Train (or resume) ``config.method`` in ``run_dir``; returns once done or stopped.
+    """Train (or resume) ``config.method`` in ``run_dir`` on ``index``; returns once done or stopped."""
+    return train_on(config, read_training_data(index, selection, config.size), run_dir, progress, should_stop)
+
+
+def train_on(
+    config: TrainConfig,
+    data: TrainingData,
+    run_dir: str | Path,
+    progress: ProgressFn = ignore_progress,
+    should_stop: StopFn = never_stop,
+) -> TrainResult:
+    """Train (or resume) ``config.method`` in ``run_dir`` on data already in memory.
 
     ``mona`` chains two stages as one run: GLCon pre-training in ``run_dir/pretrain``, then fine-tuning from its
     last checkpoint in ``run_dir`` itself (so export and resume see an ordinary run directory).
     """
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    bank = build_slice_bank(index, selection, config.size)
-    val_cases = load_val_cases(index)
-    context = _Context(index, selection, bank, val_cases, device, should_stop)
+    if data.bank.images.shape[-1] != config.size:
+        raise ValueError(f"expected slices of {config.size}x{config.size}, got {data.bank.images.shape[-2:]}")
+    context = _Context(data, resolve_device(config.device), should_stop)
     if config.method != "mona":
         return _train_stage(config, context, run_dir, progress)
     pretrain, finetune = mona_stages(config, run_dir)
@@ -121,29 +158,16 @@ def _offset(progress: ProgressFn, done_before: int, total: int) -> ProgressFn:
 class _Context:
     """What every stage of one run shares: the data (read once), the device and the stop check."""
 
-    index: DatasetIndex
-    selection: LabelledSelection
-    bank: SliceBank
-    val_cases: list[ValCase]
+    data: TrainingData
     device: torch.device
     should_stop: StopFn
 
 
 def _train_stage(config: TrainConfig, context: _Context, run_dir: Path, progress: ProgressFn) -> TrainResult:
     torch.manual_seed(config.seed)
-    state = _new_state(config, context.index.num_classes, context.device)
-    _resume_or_start(state, config, context.index, context.selection, run_dir)
-    return _loop(
-        state,
-        config,
-        context.index,
-        context.bank,
-        context.val_cases,
-        run_dir,
-        context.device,
-        progress,
-        context.should_stop,
-    )
+    state = _new_state(config, context.data.num_classes, context.device)
+    _resume_or_start(state, config, context.data, run_dir)
+    return _loop(state, config, context.data, run_dir, context.device, progress, context.should_stop)
 
 
 def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> RunState:
@@ -154,9 +178,7 @@ def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> R
     return RunState(method=method, optimizer=optimizer, rng=np.random.default_rng(config.seed))
 
 
-def _resume_or_start(
-    state: RunState, config: TrainConfig, index: DatasetIndex, selection: LabelledSelection, run_dir: Path
-) -> None:
+def _resume_or_start(state: RunState, config: TrainConfig, data: TrainingData, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / LAST
     if last.is_file():
         saved = load_checkpoint(last)
@@ -171,13 +193,7 @@ def _resume_or_start(
     if config.init_from:
         _initialise_from(state, Path(config.init_from))
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_info = {
-        "method": config.method,
-        "data_root": str(index.root.resolve()),
-        "dataset": index.to_dict(),
-        "selection": selection.to_dict(),
-        "config": config.to_dict(),
-    }
+    run_info = {"method": config.method, **data.description, "config": config.to_dict()}
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
 
 
@@ -196,9 +212,7 @@ def _initialise_from(state: RunState, path: Path) -> None:
 def _loop(
     state: RunState,
     config: TrainConfig,
-    index: DatasetIndex,
-    bank: SliceBank,
-    val_cases: list[ValCase],
+    data: TrainingData,
     run_dir: Path,
     device: torch.device,
     progress: ProgressFn,
@@ -209,11 +223,11 @@ def _loop(
     started, first_step = time.monotonic(), state.step
     while state.step < config.iterations:
         if should_stop():
-            _save(state, config, index, run_dir, LAST)
+            _save(state, config, data, run_dir, LAST)
             return TrainResult(run_dir, state.step, state.best, stopped=True)
-        losses, lr = _train_step(state, config, bank, device)
+        losses, lr = _train_step(state, config, data.bank, device)
         state.step += 1
-        val_dice = _maybe_validate(state, config, index, val_cases, run_dir, device)
+        val_dice = _maybe_validate(state, config, data, run_dir, device)
         if state.step % config.log_every == 0 or val_dice is not None or state.step == config.iterations:
             row = {"step": float(state.step), "lr": lr, **losses}
             state.history.append(row if val_dice is None else {**row, "val_dice": val_dice})
@@ -226,7 +240,7 @@ def _loop(
                 )
             )
         if state.step % config.checkpoint_every == 0 or state.step == config.iterations:
-            _save(state, config, index, run_dir, LAST)
+            _save(state, config, data, run_dir, LAST)
     _finish(state, run_dir)
     return TrainResult(run_dir, state.step, state.best, stopped=False)
 
@@ -252,34 +266,29 @@ def _train_step(
 
 
 def _maybe_validate(
-    state: RunState,
-    config: TrainConfig,
-    index: DatasetIndex,
-    val_cases: list[ValCase],
-    run_dir: Path,
-    device: torch.device,
+    state: RunState, config: TrainConfig, data: TrainingData, run_dir: Path, device: torch.device
 ) -> float | None:
     """Every ``val_every`` steps (and at the end): mean foreground DSC on whole volumes; keep the best."""
     due = state.step % config.val_every == 0 or state.step == config.iterations
-    if not due or not val_cases:
+    if not due or not data.val_cases:
         return None
-    report = validate(state.method.eval_model(), val_cases, index.classes, index.preset, config.size, device)
+    report = validate(state.method.eval_model(), data.val_cases, data.classes, data.preset, config.size, device)
     dice = report["mean"]["dice"]
     val_dice = float(dice) if dice is not None else 0.0
     if state.best is None or val_dice > state.best["val_dice"]:
         state.best = {"step": state.step, "val_dice": val_dice}
-        _save(state, config, index, run_dir, BEST)
+        _save(state, config, data, run_dir, BEST)
     return val_dice
 
 
-def _save(state: RunState, config: TrainConfig, index: DatasetIndex, run_dir: Path, name: str) -> None:
+def _save(state: RunState, config: TrainConfig, data: TrainingData, run_dir: Path, name: str) -> None:
     payload: dict[str, Any] = {
         "step": state.step,
         "method": state.method.name,
         "model_config": state.method.eval_model().config.to_dict(),
         "model": state.method.eval_model().state_dict(),
         "train_config": config.to_dict(),
-        "data": {"classes": list(index.classes), "preset": index.preset, "size": config.size},
+        "data": {"classes": list(data.classes), "preset": data.preset, "size": config.size},
         "best": state.best,
     }
     if name == LAST:

@@ -134,3 +134,15 @@ def test_invalid_settings_are_rejected(model_dir: Path) -> None:
         Segmenter(model_dir, batch_size=0)
     with pytest.raises(ValueError, match="expected threads >= 1 or None, got 0"):
         Segmenter(model_dir, threads=0)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_gives_the_cpu_mask(model_dir: Path, segmenter: Segmenter) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is the GPU image's)")
+    on_gpu = Segmenter(model_dir, device="cuda", batch_size=2)
+    assert on_gpu.providers[0] == "CUDAExecutionProvider"
+    volume = _volume()
+    slices = np.random.default_rng(0).random((3, 1, SIZE, SIZE), dtype=np.float32)
+    np.testing.assert_allclose(on_gpu.predict_slices(slices), segmenter.predict_slices(slices), atol=1e-3)
+    assert np.array_equal(on_gpu.segment_array(volume.array), segmenter.segment_array(volume.array))

@@ -4,6 +4,7 @@ chained ``mona`` run (pre-train, then fine-tune from its last checkpoint), with 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,24 @@ def test_finetune_terms_follow_the_switches(switches: dict[str, bool], active: s
     parts = method.step(_batch(1), 1)
     for name in ("loss_contrast", "loss_eqv", "loss_nn"):
         assert (parts[name].item() != 0.0) == (name in active), name
-    expected = parts["loss_ce"] * 0.5 + parts["loss_dice"] * 0.5 + parts["loss_unsup"]
-    expected = expected + 0.01 * parts["loss_contrast"] + parts["loss_eqv"] + parts["loss_nn"]
+    ramp = math.exp(-5.0 * (1.0 - 1 / round(0.4 * SMALL.iterations)) ** 2)  # step 1 of a 2-step ramp
+    assert parts["rampup"].item() == pytest.approx(ramp)
+    unsupervised = parts["loss_unsup"] + 0.01 * parts["loss_contrast"] + parts["loss_eqv"] + parts["loss_nn"]
+    expected = parts["loss_ce"] * 0.5 + parts["loss_dice"] * 0.5 + ramp * unsupervised
+    assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_finetune_ramps_the_unsupervised_terms_up_to_the_paper_weights() -> None:
+    config = SMALL.with_overrides(method="finetune", iterations=10, rampup_fraction=0.5)
+    method = build_method(config, UNetConfig(), torch.device("cpu"))
+    ramps = [method.step(_batch(step), step)["rampup"].item() for step in (0, 2, 5, 9)]
+    assert ramps[0] == pytest.approx(math.exp(-5.0)) and ramps[0] < ramps[1] < ramps[2] == 1.0 == ramps[3]
+    literal = build_method(config.with_overrides(rampup_fraction=0.0), UNetConfig(), torch.device("cpu"))
+    literal.step(_batch(), 0)
+    parts = literal.step(_batch(1), 1)
+    unsupervised = parts["loss_unsup"] + 0.01 * parts["loss_contrast"] + parts["loss_eqv"] + parts["loss_nn"]
+    expected = parts["loss_ce"] * 0.5 + parts["loss_dice"] * 0.5 + unsupervised
+    assert parts["rampup"].item() == 1.0
     assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -7,9 +7,11 @@ bottleneck and locally on 64x64 views of the output logits; plus L_sup. Loss: L_
 
 ``AnatomicalContrastiveReconstruction`` (Section III-B, fine-tuning): the teacher sees a weak view of each unlabelled
 slice and gives pseudo-labels; the student sees a strong view made from that weak view, with the pseudo-labels
-mixed and warped exactly like the image. Loss: L_sup + λ1 L_contrast + λ2 L_eqv + λ3 L_unsup + λ4 L_nn, with the
-three MONA terms switchable (tailness, consistency, diversity). Heads are training-only: the exported model is the
-student UNet.
+mixed and warped exactly like the image. Loss: L_sup + r(t) (λ1 L_contrast + λ2 L_eqv + λ3 L_unsup + λ4 L_nn), with
+the three MONA terms switchable (tailness, consistency, diversity). r(t) is the sigmoid ramp-up the baselines use
+(over ``rampup_fraction`` of the stage; 0 gives the λ at full weight from the first step): the pseudo-labels of an
+early teacher are mostly background, and CE on them at full weight pulls the student there. Heads are training-only:
+the exported model is the student UNet.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mona_core.losses import (
 from mona_core.models import UNet, UNetConfig, build_model
 from mona_core.models.heads import HeadsConfig, build_heads, random_local_views, sample_pixels
 from mona_core.training.config import TrainConfig
-from mona_core.training.methods.base import Batch, ema_update, frozen_copy
+from mona_core.training.methods.base import Batch, ema_update, frozen_copy, sigmoid_rampup
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -151,9 +153,11 @@ class AnatomicalContrastiveReconstruction(_StudentTeacher):
             else _zero(out.logits)
         )
         c = self.config
-        total = parts["loss"] + c.contrast_weight * terms["loss_contrast"] + c.eqv_weight * terms["loss_eqv"]
-        total = total + c.unsup_weight * terms["loss_unsup"] + c.nn_weight * terms["loss_nn"]
-        return {**parts, **terms, "loss": total}
+        unsupervised = c.contrast_weight * terms["loss_contrast"] + c.eqv_weight * terms["loss_eqv"]
+        unsupervised = unsupervised + c.unsup_weight * terms["loss_unsup"] + c.nn_weight * terms["loss_nn"]
+        ramp = sigmoid_rampup(step, round(c.rampup_fraction * c.iterations))
+        total = parts["loss"] + ramp * unsupervised
+        return {**parts, **terms, "loss": total, "rampup": torch.tensor(ramp)}
 
     def _tailness(self, decoder: list[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sample pixels of every class first, then project only those to the 512-d representation space."""
