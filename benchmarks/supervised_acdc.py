@@ -53,6 +53,7 @@ from mona_core.metrics import MetricAccumulator, evaluate_case
 from mona_core.models import UNetConfig, build_model
 from mona_core.training.checkpoint import checkpoint_for_export, load_checkpoint
 from mona_core.training.config import TrainConfig
+from mona_core.training.progress import ProgressEvent
 from mona_core.training.slices import SliceBank, ValCase
 from mona_core.training.trainer import TrainingData, read_training_data, train_on
 
@@ -169,7 +170,16 @@ def train_and_score(args: argparse.Namespace, spec: str, out: Path, data: Traini
         seed=0,
     ).with_overrides(**overrides)
     started = time.monotonic()
-    result = train_on(config, data, out / "run")  # an existing finished run is reused as it is
+
+    def show(event: ProgressEvent) -> None:
+        if event.val_dice is not None:
+            print(
+                f"[{spec}] {event.stage} step {event.step}/{event.total} val DSC {event.val_dice:.3f} "
+                f"({time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+
+    result = train_on(config, data, out / "run", progress=show)  # an existing finished run is reused as it is
     train_s = time.monotonic() - started
     model_dir = out / "model"
     if not model_dir.is_dir():

@@ -58,6 +58,11 @@ def test_glcon_fills_its_memory_and_trains_only_the_student() -> None:
     assert len(method.global_memory) == 2 and len(method.local_memory) == SMALL.local_views
     second = method.step(_batch(1), 1)
     assert second["loss_inst_global"].item() > 0.0 and second["loss_inst_local"].item() > 0.0
+    ramp = math.exp(-5.0 * (1.0 - 1 / round(0.4 * SMALL.iterations)) ** 2)
+    instance = second["loss_inst_global"] + second["loss_inst_local"]
+    expected = second["loss_ce"] * 0.5 + second["loss_dice"] * 0.5 + ramp * instance
+    assert second["rampup"].item() == pytest.approx(ramp)
+    assert second["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     second["loss"].backward()  # type: ignore[no-untyped-call]
     assert method.heads.predictor.mlp[0].weight.grad is not None
     assert all(p.grad is None for p in method.teacher_heads.parameters())

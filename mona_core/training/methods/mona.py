@@ -3,7 +3,9 @@
 ``GLCon`` (Section III-A, pre-training): a student and an EMA teacher (t = 0.99) with projection heads; the student's
 predicted embedding u and the teacher's embedding v' of the same slice are compared by their similarity
 distributions over a memory of k = 36 mined views (teacher embeddings of other unlabelled slices), globally on the
-bottleneck and locally on 64x64 views of the output logits; plus L_sup. Loss: L_inst^global + L_inst^local + L_sup.
+bottleneck and locally on 64x64 views of the output logits; plus L_sup. Loss: L_sup + r(t) (L_inst^global +
+L_inst^local), r(t) the same sigmoid ramp-up as below: in the first steps the heads' BatchNorm sees three nearly
+identical pooled bottlenecks and the global term's gradient on the UNet is 10-100x the supervised one.
 
 ``AnatomicalContrastiveReconstruction`` (Section III-B, fine-tuning): the teacher sees a weak view of each unlabelled
 slice and gives pseudo-labels; the student sees a strong view made from that weak view, with the pseudo-labels
@@ -95,8 +97,15 @@ class GLCon(_StudentTeacher):
         student_global = self._student_query(out.bottleneck[len(batch.images) :])
         global_loss = self._instance(student_global, teacher_global, self.global_memory)
         local_loss = self._local(out.logits[len(batch.images) :], teacher_out.logits)
-        total = parts["loss"] + global_loss + local_loss
-        return {**parts, "loss": total, "loss_inst_global": global_loss, "loss_inst_local": local_loss}
+        ramp = sigmoid_rampup(step, round(self.config.rampup_fraction * self.config.iterations))
+        total = parts["loss"] + ramp * (global_loss + local_loss)
+        return {
+            **parts,
+            "loss": total,
+            "loss_inst_global": global_loss,
+            "loss_inst_local": local_loss,
+            "rampup": torch.tensor(ramp),
+        }
 
     def _instance(self, student: torch.Tensor, teacher: torch.Tensor, memory: EmbeddingQueue) -> torch.Tensor:
         """Relation KL against the mined views in ``memory``; then this batch's teacher embeddings join it."""
