@@ -33,7 +33,7 @@ class StaleJob:
     heartbeat_at: datetime | None
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
@@ -80,7 +80,7 @@ def claim_job(session: Session, job_id: str, worker: str, stale_seconds: float) 
         )
         .execution_options(**NO_SYNC)
     )
-    return _rowcount(session.execute(statement)) == 1
+    return rowcount(session.execute(statement)) == 1
 
 
 def record_progress(session: Session, job_id: str, worker: str | None, values: Mapping[str, Any]) -> bool:
@@ -91,7 +91,7 @@ def record_progress(session: Session, job_id: str, worker: str | None, values: M
         .values(**dict(values), heartbeat_at=utcnow())
         .execution_options(**NO_SYNC)
     )
-    return _rowcount(session.execute(statement)) == 1
+    return rowcount(session.execute(statement)) == 1
 
 
 def heartbeat(session: Session, job_id: str, worker: str) -> bool:
@@ -106,7 +106,7 @@ def add_metric(session: Session, job_id: str, step: int, values: Mapping[str, An
 def prune_metrics(session: Session, job_id: str, after_step: int) -> int:
     """Drop metric rows past ``after_step`` (a lost attempt's steps that a resumed run redoes); returns the count."""
     statement = delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > after_step)
-    return _rowcount(session.execute(statement.execution_options(**NO_SYNC)))
+    return rowcount(session.execute(statement.execution_options(**NO_SYNC)))
 
 
 def append_log(session: Session, job_id: str, message: str, level: str = "INFO") -> None:
@@ -147,7 +147,7 @@ def requeue(session: Session, job_id: str, stale_seconds: float) -> bool:
         .values(status=JobStatus.QUEUED.value, stage="queued", worker=None, eta_s=None)
         .execution_options(**NO_SYNC)
     )
-    return _rowcount(session.execute(statement)) == 1
+    return rowcount(session.execute(statement)) == 1
 
 
 def fail_stale(session: Session, job_id: str, stale_seconds: float, error: str) -> bool:
@@ -158,7 +158,7 @@ def fail_stale(session: Session, job_id: str, stale_seconds: float, error: str) 
         .values(status=JobStatus.FAILED.value, error=error, finished_at=utcnow(), worker=None, eta_s=None)
         .execution_options(**NO_SYNC)
     )
-    failed = _rowcount(session.execute(statement)) == 1
+    failed = rowcount(session.execute(statement)) == 1
     if failed:
         append_log(session, job_id, error, level="ERROR")
     return failed

@@ -173,6 +173,8 @@ class Report(Base):
     unit: Mapped[str | None] = mapped_column(String(200), default=None)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     overlays: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mona_core.export.manifest import MANIFEST_FILE, MODEL_FILE
@@ -23,21 +25,27 @@ from mona_core.inference.segmenter import Segmenter
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
 from services.common.models import JobStatus, Model, Report, ReportEntry, utcnow
+from services.common.reports import beat_report, claim_report
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
+from services.worker.recovery import lease_interval
 
 logger = logging.getLogger(__name__)
 
-EVALUATION: Final = "evaluation"
 SKIPPED: Final = "skipped"
 
 
 def run_evaluation(settings: Settings, report_id: str) -> str:
-    """Evaluate report ``report_id``'s model on its dataset split; returns the report's final status."""
+    """Evaluate report ``report_id``'s model on its dataset split; returns the report's final status.
+
+    The report is claimed first (not when it succeeded, nor while another worker's heartbeat on it is fresh) and its
+    heartbeat is kept fresh from a daemon thread while the cases are scored, so that recovery can tell a lost worker.
+    """
     if not _start(settings, report_id):
         return SKIPPED
     try:
-        _evaluate(settings, ArtifactStore(settings.artifact_root), report_id)
+        with ReportLease(settings.sqlalchemy_url, report_id, lease_interval(settings.stale_job_seconds)):
+            _evaluate(settings, ArtifactStore(settings.artifact_root), report_id)
     except Exception as exc:
         logger.exception("evaluation %s failed", report_id)
         _set(settings, report_id, status=JobStatus.FAILED.value, error=f"{type(exc).__name__}: {exc}")
@@ -47,15 +55,35 @@ def run_evaluation(settings: Settings, report_id: str) -> str:
 
 def _start(settings: Settings, report_id: str) -> bool:
     with session_scope(settings.sqlalchemy_url) as session:
-        report = session.get(Report, report_id)
-        if report is None or report.source != EVALUATION:
-            logger.warning("no evaluation report %s: nothing to do", report_id)
-            return False
-        if report.status == JobStatus.SUCCEEDED.value:
-            logger.info("evaluation %s already succeeded: nothing to do", report_id)
-            return False
-        report.status, report.progress, report.error, report.finished_at = JobStatus.RUNNING.value, 0.0, None, None
-    return True
+        claimed = claim_report(session, report_id, settings.stale_job_seconds)
+    if not claimed:
+        logger.info("evaluation %s is absent, done, or running elsewhere: nothing to do", report_id)
+    return claimed
+
+
+class ReportLease:
+    """Beats a report's heartbeat every ``interval`` seconds from a daemon thread until the block ends."""
+
+    def __init__(self, url: str, report_id: str, interval: float) -> None:
+        self.url, self.report_id, self.interval = url, report_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"report-lease-{report_id[:8]}", daemon=True)
+
+    def __enter__(self) -> ReportLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with session_scope(self.url) as session:
+                    beat_report(session, self.report_id)
+            except SQLAlchemyError as exc:
+                logger.warning("heartbeat of report %s failed (retrying): %s", self.report_id, exc)
 
 
 def _set(settings: Settings, report_id: str, **values: Any) -> None:

@@ -1,4 +1,5 @@
-"""Liveness of training jobs: the lease a running job keeps, and the recovery of jobs whose worker died.
+"""Liveness of training jobs and evaluations: the lease a running job keeps, and the recovery of work whose worker
+died.
 
 While a worker runs a job, ``JobLease`` beats the job's heartbeat from a daemon thread (every stage: loading,
 training, export) and reads its cancel flag, about once a second. A worker killed mid-job (SIGKILL, OOM, a lost
@@ -6,7 +7,8 @@ machine) stops beating; ``recover_stale_jobs`` finds running jobs whose heartbea
 ``stale_job_seconds``, puts them back in the queue and sends ``mona.train`` again. The resumed task continues
 from the job's ``last.pt``. Each worker main process runs recovery once when it is ready and then every
 ``max(5, stale_job_seconds / 2)`` seconds (``RecoveryLoop``); the ``mona.recover`` task runs one pass on demand.
-A job that lost its worker ``MAX_ATTEMPTS`` times is failed instead of retried forever.
+A job that lost its worker ``MAX_ATTEMPTS`` times is failed instead of retried forever. Evaluation reports follow the
+same rules (``recover_stale_reports``; their lease is ``services.worker.evaluation.ReportLease``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from sqlalchemy.orm import Session
 from services.common.db import make_engine, session_scope
 from services.common.jobs import StaleJob, append_log, fail_stale, heartbeat, is_cancel_requested, requeue
 from services.common.jobs import stale_running_jobs as find_stale
+from services.common.reports import fail_stale_report, requeue_report, stale_running_reports
 from services.common.settings import Settings
-from services.common.tasks import make_celery, send_train
+from services.common.tasks import make_celery, send_evaluate, send_train
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +128,34 @@ def _requeue_one(settings: Settings, job: StaleJob, engine: Engine | None) -> bo
     return True
 
 
+def recover_stale_reports(settings: Settings, send: Sender, engine: Engine | None = None) -> list[str]:
+    """Requeue and re-send every running evaluation whose heartbeat is stale (fail it after ``MAX_ATTEMPTS``)."""
+    with _session(settings, engine) as session:
+        stale = stale_running_reports(session, settings.stale_job_seconds)
+    requeued = []
+    for report in stale:
+        beat = report.heartbeat_at.isoformat() if report.heartbeat_at else "never"
+        with _session(settings, engine) as session:
+            if report.attempts >= MAX_ATTEMPTS:
+                reason = f"WorkerLost: the worker evaluating this report was lost {report.attempts} times (last {beat})"
+                fail_stale_report(session, report.id, settings.stale_job_seconds, reason)
+            elif requeue_report(session, report.id, settings.stale_job_seconds):
+                requeued.append(report.id)
+    for report_id in requeued:
+        send(report_id)
+    if requeued:
+        logger.info("requeued %d evaluation(s) after a lost worker: %s", len(requeued), requeued)
+    return requeued
+
+
 def _celery_sender(settings: Settings) -> Sender:
     app = make_celery(settings, name="mona-recovery")
     return lambda job_id: send_train(app, job_id)
+
+
+def _celery_evaluation_sender(settings: Settings) -> Sender:
+    app = make_celery(settings, name="mona-recovery")
+    return lambda report_id: send_evaluate(app, report_id)
 
 
 class RecoveryLoop:
@@ -142,6 +170,7 @@ class RecoveryLoop:
         self.interval = interval if interval is not None else recovery_interval(settings.stale_job_seconds)
         self._engine = make_engine(settings.sqlalchemy_url)
         self._sender: Sender | None = None
+        self._report_sender: Sender | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mona-recovery", daemon=True)
 
@@ -159,9 +188,12 @@ class RecoveryLoop:
             self.run_once()
 
     def run_once(self) -> list[str]:
+        """One pass over training jobs and evaluation reports; returns the ids sent again."""
         try:
             self._sender = self._sender or _celery_sender(self.settings)
-            return recover_stale_jobs(self.settings, self._sender, self._engine)
+            self._report_sender = self._report_sender or _celery_evaluation_sender(self.settings)
+            jobs = recover_stale_jobs(self.settings, self._sender, self._engine)
+            return jobs + recover_stale_reports(self.settings, self._report_sender, self._engine)
         except Exception:
             logger.exception("recovery pass failed (retrying in %.0f s)", self.interval)
             return []

@@ -12,17 +12,20 @@ from sqlalchemy import select, update
 
 from mona_core.training.config import TrainConfig
 from services.common.db import session_scope
-from services.common.jobs import claim_job
-from services.common.models import TERMINAL, JobStatus, TrainingJob, utcnow
+from services.common.jobs import as_utc, claim_job
+from services.common.models import TERMINAL, JobStatus, Report, TrainingJob, utcnow
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
 from services.common.tasks import make_celery, send_train
-from services.worker.recovery import MAX_ATTEMPTS, recover_stale_jobs
+from services.worker.evaluation import ReportLease, run_evaluation
+from services.worker.recovery import MAX_ATTEMPTS, recover_stale_jobs, recover_stale_reports
 from services.worker.training import LOST, run_training_job
+from tests.services import test_worker
 from tests.services.conftest import WorkerProcess, wait_for
 from tests.services.test_worker import load_job, log_lines, make_dataset, make_job, metric_rows, purge_job_queues
 
 HOUR_AGO = timedelta(hours=1)
+trained_job = test_worker.trained_job  # the fixture: (dataset id, id of a job trained to success)
 
 
 @pytest.fixture()
@@ -151,3 +154,65 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(
     assert [row["step"] for row in rows] == list(range(1, 151))  # the lost attempt's unsaved steps were dropped
     with session_scope(settings.sqlalchemy_url) as session:
         assert session.scalar(select(TrainingJob.model_id).where(TrainingJob.id == job_id)) is not None
+
+
+def _evaluation(settings: Settings, trained: tuple[str, str], **values: object) -> str:
+    dataset_id, job_id = trained
+    with session_scope(settings.sqlalchemy_url) as session:
+        model_id = session.get_one(TrainingJob, job_id).model_id
+        assert model_id is not None
+        report = Report(source="evaluation", model_id=model_id, dataset_id=dataset_id, split="val", **values)
+        session.add(report)
+        session.flush()
+        return report.id
+
+
+def _report(settings: Settings, report_id: str) -> Report:
+    with session_scope(settings.sqlalchemy_url) as session:
+        return session.get_one(Report, report_id)
+
+
+def _beat_within(settings: Settings, report_id: str, age: timedelta) -> bool:
+    beat = as_utc(_report(settings, report_id).heartbeat_at)
+    return beat is not None and beat > utcnow() - age
+
+
+def test_a_lost_evaluation_is_requeued_and_finished_by_the_next_worker(
+    service_settings: Settings, trained_job: tuple[str, str]
+) -> None:
+    report_id = _evaluation(
+        service_settings, trained_job, status="running", attempts=1, heartbeat_at=utcnow() - HOUR_AGO
+    )
+    sent: list[str] = []
+    assert recover_stale_reports(service_settings, sent.append) == [report_id] == sent
+    assert (_report(service_settings, report_id).status, _report(service_settings, report_id).attempts) == ("queued", 1)
+    assert recover_stale_reports(service_settings, sent.append) == []  # queued now: nothing stale
+    assert run_evaluation(service_settings, report_id) == "succeeded"
+    done = _report(service_settings, report_id)
+    assert (done.status, done.attempts, done.progress) == ("succeeded", 2, 1.0) and done.summary is not None
+
+
+def test_a_running_evaluation_with_a_fresh_heartbeat_is_left_alone(
+    service_settings: Settings, trained_job: tuple[str, str]
+) -> None:
+    report_id = _evaluation(service_settings, trained_job, status="running", attempts=1, heartbeat_at=utcnow())
+    assert run_evaluation(service_settings, report_id) == "skipped"  # another worker owns it
+    assert recover_stale_reports(service_settings, lambda _: None) == []
+    with ReportLease(service_settings.sqlalchemy_url, report_id, interval=0.05):
+        with session_scope(service_settings.sqlalchemy_url) as session:
+            session.get_one(Report, report_id).heartbeat_at = utcnow() - HOUR_AGO
+        wait_for(lambda: _beat_within(service_settings, report_id, HOUR_AGO / 2), 10, what="a heartbeat")
+    with session_scope(service_settings.sqlalchemy_url) as session:
+        session.get_one(Report, report_id).status = "failed"  # leave nothing running for later tests' workers
+
+
+def test_an_evaluation_that_keeps_losing_its_worker_fails(
+    service_settings: Settings, trained_job: tuple[str, str]
+) -> None:
+    report_id = _evaluation(
+        service_settings, trained_job, status="running", attempts=MAX_ATTEMPTS, heartbeat_at=utcnow() - HOUR_AGO
+    )
+    assert recover_stale_reports(service_settings, lambda _: None) == []
+    failed = _report(service_settings, report_id)
+    assert failed.status == "failed" and failed.error is not None and failed.error.startswith("WorkerLost")
+    assert failed.finished_at is not None
