@@ -97,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         init_from=str(args.init_from) if args.init_from else None,
     )
     if config.method == "finetune" and config.init_from is None:
-        raise ValueError("expected --init-from CHECKPOINT for --method finetune (or use --method mona), got none")
+        emit("no --init-from: MONA fine-tuning starts from random weights (no GLCon pre-training)")
     emit(
         f"training {config.method} on {index.name}: {len(selection.labelled)} labelled patients "
         f"({', '.join(selection.labelled)}), {len(selection.unlabelled)} unlabelled; run dir {args.out}"

@@ -148,7 +148,7 @@ class StudyConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
-        allowed = [m for m in METHODS if m not in ("pretrain", "finetune")]
+        allowed = [m for m in METHODS if m != "pretrain"]  # finetune here: MONA fine-tuning from random weights
         if not self.methods or any(m not in allowed for m in self.methods):
             raise ValueError(f"expected methods among {allowed}, got {list(self.methods)}")
         if not self.ratios or not all(0.0 < r <= 1.0 for r in self.ratios):

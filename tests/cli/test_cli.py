@@ -123,8 +123,11 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.
     assert "expected" in capsys.readouterr().err
 
 
-def test_finetune_needs_a_checkpoint_to_start_from(
+def test_finetune_without_a_checkpoint_starts_from_random_weights(
     phantom_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["train", "--data", str(phantom_dataset), "--method", "finetune", "--out", str(tmp_path / "run")])
-    assert code == 2 and "expected --init-from" in capsys.readouterr().err
+    args = ["train", "--data", str(phantom_dataset), "--method", "finetune", "--iterations", "2", "--size", "32"]
+    args += ["--batch-size", "4", "--val-every", "2", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "MONA fine-tuning starts from random weights" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()

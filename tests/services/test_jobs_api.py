@@ -119,9 +119,8 @@ def test_ratio_instead_of_patients_is_accepted(api: TestClient, service_settings
         ),
         ({"config": {"init_from": "/etc/passwd"}}, "expected no init_from in config"),
         ({"kind": "study"}, "expected the study's labelled ratios in config.ratios"),
-        ({"kind": "study", "labelled_patients": None, "config": {"methods": ["finetune"]}}, "expected methods among"),
-        ({"kind": "finetune"}, "expected from_job_id exactly for kind finetune"),
-        ({"from_job_id": "a" * 32}, "expected from_job_id exactly for kind finetune"),
+        ({"kind": "study", "labelled_patients": None, "config": {"methods": ["pretrain"]}}, "expected methods among"),
+        ({"from_job_id": "a" * 32}, "expected from_job_id only for kind finetune"),
         ({"config": {"iterations": 20, "epochs": 3}}, "got unknown ['epochs']"),
         ({"config": {"size": 100}}, "expected size a multiple of 16, at least 16, got 100"),
         ({"config": {"iterations": "20"}}, "expected iterations to be int, got str"),
@@ -262,3 +261,5 @@ def test_finetune_starts_from_a_succeeded_pretrain_job(api: TestClient, service_
     assert init_from.endswith(f"runs/{pretrain['id']}/checkpoints/last.pt")
     missing = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune", from_job_id="b" * 32))
     assert missing.status_code == 404
+    scratch = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune"))  # MONA fine-tuning alone
+    assert scratch.status_code == 202 and scratch.json()["config"]["init_from"] is None

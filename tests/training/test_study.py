@@ -37,7 +37,7 @@ def test_study_reports_every_cell(phantom_dataset: Path, tmp_path: Path) -> None
 
 def test_study_config_is_validated() -> None:
     with pytest.raises(ValueError, match="expected methods among"):
-        StudyConfig(methods=("finetune",))
+        StudyConfig(methods=("pretrain",))
     with pytest.raises(ValueError, match="expected labelled ratios"):
         StudyConfig(ratios=(0.0,))
 

@@ -55,10 +55,8 @@ def validate_request(body: JobCreate) -> TrainConfig | StudyConfig:
         )
     if "init_from" in body.config:
         raise _unprocessable("expected no init_from in config (a finetune job names its pretrain job in from_job_id)")
-    if (body.kind == "finetune") != (body.from_job_id is not None):
-        raise _unprocessable(
-            f"expected from_job_id exactly for kind finetune, got kind {body.kind!r} with {body.from_job_id!r}"
-        )
+    if body.from_job_id is not None and body.kind != "finetune":
+        raise _unprocessable(f"expected from_job_id only for kind finetune, got kind {body.kind!r}")
     _check_types(body.config)
     try:
         if body.kind == "study":
