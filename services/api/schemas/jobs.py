@@ -26,8 +26,9 @@ class JobCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, examples=[{"iterations": 2000, "size": 128}])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     from_job_id: str | None = Field(
-        default=None, description="for kind finetune: the succeeded pretrain job whose last checkpoint it starts from "
-        "(none: MONA fine-tuning from random weights)"
+        default=None,
+        description="for kind finetune: the succeeded pretrain job whose last checkpoint it starts from "
+        "(none: MONA fine-tuning from random weights)",
     )
 
 
