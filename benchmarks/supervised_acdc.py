@@ -80,6 +80,8 @@ def _to_u8(array: np.ndarray) -> np.ndarray:
 
 def pack(data: TrainingData, path: Path) -> None:
     """The protocol's training slices and validation volumes, 8-bit, in one xz file (see the module doc)."""
+    if data.preset != "mri":
+        raise ValueError(f"expected the mri preset (per-volume min-max) for an 8-bit pack, got {data.preset!r}")
     arrays: dict[str, np.ndarray] = {
         "images": _to_u8(data.bank.images),
         "labels": data.bank.labels,
@@ -200,8 +202,8 @@ def train_and_score(args: argparse.Namespace, spec: str, out: Path, data: Traini
     }
 
 
-def _run_one(args: argparse.Namespace, spec: str) -> dict[str, Any]:
-    return train_and_score(args, spec, args.out / spec.replace("=", "-"))
+def _run_one(args: argparse.Namespace, spec: str, data: TrainingData | None = None) -> dict[str, Any]:
+    return train_and_score(args, spec, args.out / spec.replace("=", "-"), data)
 
 
 def train_all(args: argparse.Namespace, specs: list[str]) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def train_all(args: argparse.Namespace, specs: list[str]) -> dict[str, Any]:
     if args.jobs <= 1:
         data = load_data(args)
         for spec in specs:
-            results[spec] = train_and_score(args, spec, args.out / spec.replace("=", "-"), data)
+            results[spec] = _run_one(args, spec, data)
             print(json.dumps({spec: results[spec]}, indent=2), flush=True)
         return results
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import delete
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mona_core.export.manifest import MANIFEST_FILE, MODEL_FILE
@@ -25,10 +23,10 @@ from mona_core.inference.segmenter import Segmenter
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
 from services.common.models import JobStatus, Model, Report, ReportEntry, utcnow
-from services.common.reports import beat_report, claim_report
+from services.common.reports import claim_report
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
-from services.worker.recovery import lease_interval
+from services.worker.recovery import ReportLease, lease_interval
 
 logger = logging.getLogger(__name__)
 
@@ -59,31 +57,6 @@ def _start(settings: Settings, report_id: str) -> bool:
     if not claimed:
         logger.info("evaluation %s is absent, done, or running elsewhere: nothing to do", report_id)
     return claimed
-
-
-class ReportLease:
-    """Beats a report's heartbeat every ``interval`` seconds from a daemon thread until the block ends."""
-
-    def __init__(self, url: str, report_id: str, interval: float) -> None:
-        self.url, self.report_id, self.interval = url, report_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"report-lease-{report_id[:8]}", daemon=True)
-
-    def __enter__(self) -> ReportLease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with session_scope(self.url) as session:
-                    beat_report(session, self.report_id)
-            except SQLAlchemyError as exc:
-                logger.warning("heartbeat of report %s failed (retrying): %s", self.report_id, exc)
 
 
 def _set(settings: Settings, report_id: str, **values: Any) -> None:

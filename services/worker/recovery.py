@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from services.common.db import make_engine, session_scope
 from services.common.jobs import StaleJob, append_log, fail_stale, heartbeat, is_cancel_requested, requeue
 from services.common.jobs import stale_running_jobs as find_stale
-from services.common.reports import fail_stale_report, requeue_report, stale_running_reports
+from services.common.reports import beat_report, fail_stale_report, requeue_report, stale_running_reports
 from services.common.settings import Settings
 from services.common.tasks import make_celery, send_evaluate, send_train
 
@@ -49,17 +49,15 @@ def recovery_interval(stale_seconds: float) -> float:
     return max(5.0, stale_seconds / 2)
 
 
-class JobLease:
-    """A context manager that keeps a claimed job's heartbeat fresh and watches for cancel or a lost claim."""
+class _Lease:
+    """A context manager whose daemon thread calls ``check`` every ``interval`` seconds while the block runs."""
 
-    def __init__(self, url: str, job_id: str, worker: str, interval: float) -> None:
-        self.url, self.job_id, self.worker, self.interval = url, job_id, worker, interval
-        self.lost = False
-        self.cancel_requested = False
+    def __init__(self, name: str, interval: float) -> None:
+        self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> JobLease:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -72,6 +70,19 @@ class JobLease:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.check()
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+
+class JobLease(_Lease):
+    """Keeps a claimed job's heartbeat fresh and watches for cancel or a lost claim."""
+
+    def __init__(self, url: str, job_id: str, worker: str, interval: float) -> None:
+        super().__init__(f"lease-{job_id[:8]}", interval)
+        self.url, self.job_id, self.worker = url, job_id, worker
+        self.lost = False
+        self.cancel_requested = False
 
     def check(self) -> None:
         """Beat the heartbeat and read the cancel flag; a database hiccup is retried on the next beat."""
@@ -91,6 +102,21 @@ class JobLease:
         return self.lost or self.cancel_requested
 
 
+class ReportLease(_Lease):
+    """Keeps a running evaluation's heartbeat fresh, so that recovery can tell a lost worker."""
+
+    def __init__(self, url: str, report_id: str, interval: float) -> None:
+        super().__init__(f"report-lease-{report_id[:8]}", interval)
+        self.url, self.report_id = url, report_id
+
+    def check(self) -> None:
+        try:
+            with session_scope(self.url) as session:
+                beat_report(session, self.report_id)
+        except SQLAlchemyError as exc:
+            logger.warning("heartbeat of report %s failed (retrying): %s", self.report_id, exc)
+
+
 @contextmanager
 def _session(settings: Settings, engine: Engine | None) -> Iterator[Session]:
     if engine is None:
@@ -107,7 +133,7 @@ def recover_stale_jobs(settings: Settings, send: Sender | None = None, engine: E
         stale = find_stale(session, settings.stale_job_seconds)
     requeued = [job.id for job in stale if _requeue_one(settings, job, engine)]
     if requeued:
-        sender = send or _celery_sender(settings)
+        sender = send or _celery_senders(settings)[0]
         for job_id in requeued:
             sender(job_id)
         logger.info("requeued %d job(s) after a lost worker: %s", len(requeued), requeued)
@@ -148,14 +174,10 @@ def recover_stale_reports(settings: Settings, send: Sender, engine: Engine | Non
     return requeued
 
 
-def _celery_sender(settings: Settings) -> Sender:
+def _celery_senders(settings: Settings) -> tuple[Sender, Sender]:
+    """Re-send a training job, re-send an evaluation: one Celery app for both."""
     app = make_celery(settings, name="mona-recovery")
-    return lambda job_id: send_train(app, job_id)
-
-
-def _celery_evaluation_sender(settings: Settings) -> Sender:
-    app = make_celery(settings, name="mona-recovery")
-    return lambda report_id: send_evaluate(app, report_id)
+    return (lambda job_id: send_train(app, job_id)), (lambda report_id: send_evaluate(app, report_id))
 
 
 class RecoveryLoop:
@@ -169,8 +191,7 @@ class RecoveryLoop:
         self.settings = settings
         self.interval = interval if interval is not None else recovery_interval(settings.stale_job_seconds)
         self._engine = make_engine(settings.sqlalchemy_url)
-        self._sender: Sender | None = None
-        self._report_sender: Sender | None = None
+        self._senders: tuple[Sender, Sender] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mona-recovery", daemon=True)
 
@@ -190,10 +211,9 @@ class RecoveryLoop:
     def run_once(self) -> list[str]:
         """One pass over training jobs and evaluation reports; returns the ids sent again."""
         try:
-            self._sender = self._sender or _celery_sender(self.settings)
-            self._report_sender = self._report_sender or _celery_evaluation_sender(self.settings)
-            jobs = recover_stale_jobs(self.settings, self._sender, self._engine)
-            return jobs + recover_stale_reports(self.settings, self._report_sender, self._engine)
+            self._senders = self._senders or _celery_senders(self.settings)
+            jobs = recover_stale_jobs(self.settings, self._senders[0], self._engine)
+            return jobs + recover_stale_reports(self.settings, self._senders[1], self._engine)
         except Exception:
             logger.exception("recovery pass failed (retrying in %.0f s)", self.interval)
             return []

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mona_core.models import UNet
+from mona_core.training.config import TrainConfig
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -66,6 +67,11 @@ def sigmoid_rampup(step: int, length: int) -> float:
         return 1.0
     t = min(max(step / length, 0.0), 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def stage_rampup(config: TrainConfig, step: int) -> float:
+    """r(t) of the unsupervised terms: the sigmoid ramp over the first ``rampup_fraction`` of the stage's iterations."""
+    return sigmoid_rampup(step, round(config.rampup_fraction * config.iterations))
 
 
 def frozen_copy(module: ModuleT) -> ModuleT:

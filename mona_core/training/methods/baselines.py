@@ -8,7 +8,7 @@ from torch import nn
 from mona_core.losses import cross_pseudo_supervision_loss, softmax_mse_loss, supervised_loss
 from mona_core.models import UNet, UNetConfig, build_model
 from mona_core.training.config import TrainConfig
-from mona_core.training.methods.base import Batch, ema_update, frozen_copy, sigmoid_rampup
+from mona_core.training.methods.base import Batch, ema_update, frozen_copy, stage_rampup
 
 
 class Supervised:
@@ -55,15 +55,12 @@ class MeanTeacher(Supervised):
         noise = torch.clamp(torch.randn_like(images) * 0.1, -0.2, 0.2)
         with torch.no_grad():
             teacher_logits = self.teacher(images + noise)
-        weight = self.config.consistency_weight * sigmoid_rampup(step, self._rampup())
+        weight = self.config.consistency_weight * stage_rampup(self.config, step)
         consistency = softmax_mse_loss(logits, teacher_logits)
         return {**parts, "loss": parts["loss"] + weight * consistency, "loss_consistency": consistency}
 
     def after_step(self, step: int) -> None:
         ema_update(self.teacher, self.model, self.config.ema_decay)
-
-    def _rampup(self) -> int:
-        return round(self.config.rampup_fraction * self.config.iterations)
 
 
 class CrossPseudoSupervision(Supervised):
@@ -88,8 +85,6 @@ class CrossPseudoSupervision(Supervised):
         sup_a = supervised_loss(logits_a[: len(batch.images)], batch.labels)
         sup_b = supervised_loss(logits_b[: len(batch.images)], batch.labels)
         cps = cross_pseudo_supervision_loss(logits_a, logits_b)
-        weight = self.config.consistency_weight * sigmoid_rampup(
-            step, round(self.config.rampup_fraction * self.config.iterations)
-        )
+        weight = self.config.consistency_weight * stage_rampup(self.config, step)
         total = sup_a["loss"] + sup_b["loss"] + weight * cps
         return {"loss": total, "loss_sup": sup_a["loss"], "loss_sup_second": sup_b["loss"], "loss_cps": cps}

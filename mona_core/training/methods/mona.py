@@ -35,7 +35,7 @@ from mona_core.losses import (
 from mona_core.models import UNet, UNetConfig, build_model
 from mona_core.models.heads import HeadsConfig, build_heads, random_local_views, sample_pixels
 from mona_core.training.config import TrainConfig
-from mona_core.training.methods.base import Batch, ema_update, frozen_copy, sigmoid_rampup
+from mona_core.training.methods.base import Batch, ema_update, frozen_copy, stage_rampup
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class GLCon(_StudentTeacher):
         student_global = self._student_query(out.bottleneck[len(batch.images) :])
         global_loss = self._instance(student_global, teacher_global, self.global_memory)
         local_loss = self._local(out.logits[len(batch.images) :], teacher_out.logits)
-        ramp = sigmoid_rampup(step, round(self.config.rampup_fraction * self.config.iterations))
+        ramp = stage_rampup(self.config, step)
         total = parts["loss"] + ramp * (global_loss + local_loss)
         return {
             **parts,
@@ -164,7 +164,7 @@ class AnatomicalContrastiveReconstruction(_StudentTeacher):
         c = self.config
         unsupervised = c.contrast_weight * terms["loss_contrast"] + c.eqv_weight * terms["loss_eqv"]
         unsupervised = unsupervised + c.unsup_weight * terms["loss_unsup"] + c.nn_weight * terms["loss_nn"]
-        ramp = sigmoid_rampup(step, round(c.rampup_fraction * c.iterations))
+        ramp = stage_rampup(c, step)
         total = parts["loss"] + ramp * unsupervised
         return {**parts, **terms, "loss": total, "rampup": torch.tensor(ramp)}
 
