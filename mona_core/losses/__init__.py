@@ -2,6 +2,7 @@
 
 from mona_core.losses.banks import ClassMemoryBank, EmbeddingQueue
 from mona_core.losses.contrast import anatomical_contrast_loss
+from mona_core.losses.copy_paste import weighted_dice_ce_loss
 from mona_core.losses.equivariance import equivariance_loss
 from mona_core.losses.instance import relation_kl_loss
 from mona_core.losses.neighbours import nearest_neighbour_loss
@@ -20,4 +21,5 @@ __all__ = [
     "soft_dice_loss",
     "softmax_mse_loss",
     "supervised_loss",
+    "weighted_dice_ce_loss",
 ]

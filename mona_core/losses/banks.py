@@ -6,6 +6,8 @@ memory stays fixed however long training runs. Everything stored is detached: a 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn import functional as F
 
@@ -27,6 +29,11 @@ def _oldest_first(storage: torch.Tensor, start: int, count: int) -> torch.Tensor
     if count < storage.shape[0]:
         return storage[:count].clone()
     return torch.roll(storage, shifts=-start, dims=0)
+
+
+def _check_stored(saved: torch.Tensor, storage: torch.Tensor) -> None:
+    if tuple(saved.shape) != tuple(storage.shape):
+        raise ValueError(f"expected a saved bank of shape {tuple(storage.shape)}, got {tuple(saved.shape)}")
 
 
 def _check_rows(rows: torch.Tensor, dim: int, what: str) -> None:
@@ -66,6 +73,15 @@ class EmbeddingQueue:
     @property
     def full(self) -> bool:
         return self._count == self.size
+
+    def state_dict(self) -> dict[str, Any]:
+        """Storage and ring pointers, for checkpoints: a resumed run sees the same mined views."""
+        return {"storage": self._storage.clone(), "start": self._start, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_stored(state["storage"], self._storage)
+        self._storage.copy_(state["storage"])
+        self._start, self._count = int(state["start"]), int(state["count"])
 
 
 class ClassMemoryBank:
@@ -111,6 +127,15 @@ class ClassMemoryBank:
         """How many representations of class ``c`` are stored."""
         self._check_class(c)
         return self._counts[c]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Storage and per-class ring pointers, for checkpoints."""
+        return {"storage": self._storage.clone(), "starts": list(self._starts), "counts": list(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_stored(state["storage"], self._storage)
+        self._storage.copy_(state["storage"])
+        self._starts, self._counts = [int(v) for v in state["starts"]], [int(v) for v in state["counts"]]
 
     def _check_class(self, c: int) -> None:
         if not 0 <= c < self.num_classes:

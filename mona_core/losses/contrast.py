@@ -33,12 +33,10 @@ def _check_inputs(
         )
 
 
-def _positive_keys(reps: torch.Tensor, index: torch.Tensor, num_present: int) -> torch.Tensor:
-    """Class means r_k^{c,+} (eq. 4) of the present classes, detached and L2-normalised: (|C|, D)."""
-    detached = reps.detach()
-    sums = torch.zeros(num_present, reps.shape[1], device=reps.device, dtype=reps.dtype).index_add_(0, index, detached)
-    counts = torch.bincount(index, minlength=num_present).to(reps.dtype)
-    return F.normalize(sums / counts[:, None], dim=1)
+def _positive_keys(keys: torch.Tensor, key_labels: torch.Tensor, present: list[int]) -> torch.Tensor:
+    """Class means r_k^{c,+} (eq. 4) of the ``present`` classes over the key sample, detached, L2-normalised: (|C|, D)."""
+    detached = keys.detach()
+    return F.normalize(torch.stack([detached[key_labels == c].mean(dim=0) for c in present]), dim=1)
 
 
 def _queries(
@@ -74,9 +72,9 @@ def _negatives(
     return torch.cat(picked)
 
 
-def _pool(reps: torch.Tensor, labels: torch.Tensor, c: int, bank: ClassMemoryBank | None) -> torch.Tensor:
-    """Candidate negative keys of class ``c``: its detached pixels in the batch plus, with a bank, its stored ones."""
-    own = reps[labels == c].detach()
+def _pool(keys: torch.Tensor, key_labels: torch.Tensor, c: int, bank: ClassMemoryBank | None) -> torch.Tensor:
+    """Candidate negative keys of class ``c``: its detached key pixels in the batch plus, with a bank, stored ones."""
+    own = keys[key_labels == c].detach()
     return own if bank is None else torch.cat([own, bank.get(c).to(own)])
 
 
@@ -85,6 +83,8 @@ def anatomical_contrast_loss(
     labels: torch.Tensor,
     confidence: torch.Tensor,
     *,
+    keys: torch.Tensor | None = None,
+    key_labels: torch.Tensor | None = None,
     num_queries: int = 256,
     num_negatives: int = 512,
     hard_threshold: float = 0.97,
@@ -94,28 +94,32 @@ def anatomical_contrast_loss(
 ) -> torch.Tensor:
     """L_contrast of eq. 3 with the queries of eq. 5 and the keys of eq. 4; returns a scalar.
 
-    ``reps``: (N, D) pixel representations, already sampled and L2-normalised by the caller; ``labels``: (N,) integer
-    ground-truth or pseudo-labels; ``confidence``: (N,) predicted probability of each pixel's label class. Per query,
+    ``reps``: (N, D) candidate query representations, already sampled (hard first, see ``sample_pixels``) and
+    L2-normalised by the caller; ``labels``: (N,) integer ground-truth or pseudo-labels; ``confidence``: (N,)
+    predicted probability of each pixel's label class. ``keys`` / ``key_labels``: (M, D) / (M,) a uniform sample of
+    each class's pixels, for the class means (positive keys) and the negative pools — a query sample chosen for its
+    hardness would bias the means towards boundaries; default: ``reps`` / ``labels`` themselves. Per query,
     ``-log(exp(q.k+/tau) / (exp(q.k+/tau) + sum_neg exp(q.k-/tau)))``, averaged over the class's queries; the classes
-    are then AVERAGED (eq. 3 sums) so the weight lambda_1 does not depend on how many classes a batch holds. Keys are
-    detached; only the queries carry a gradient. Fewer than two classes present: a zero that still backpropagates.
-    With ``bank``, its stored reps join each class's negative pool, and the batch's reps are pushed afterwards.
-    ``generator`` (on ``reps``' device) drives the query, share and key sampling.
+    (those in both samples) are then AVERAGED (eq. 3 sums) so the weight lambda_1 does not depend on how many classes
+    a batch holds. Keys are detached; only the queries carry a gradient. Fewer than two classes present: a zero that
+    still backpropagates. With ``bank``, its stored reps join each class's negative pool, and the batch's keys are
+    pushed afterwards. ``generator`` (on ``reps``' device) drives the query, share and key sampling.
     """
     _check_inputs(reps, labels, confidence, tau, num_queries, num_negatives)
-    present, index = torch.unique(labels, return_inverse=True)
-    if present.numel() < 2:
+    keys, key_labels = (reps, labels) if keys is None or key_labels is None else (keys, key_labels)
+    present = sorted(set(torch.unique(labels).tolist()) & set(torch.unique(key_labels).tolist()))
+    if len(present) < 2:
         loss = reps.sum() * 0.0
     else:
-        keys = _positive_keys(reps, index, present.numel())
-        pools = [_pool(reps, labels, c, bank) for c in present.tolist()]
+        means = _positive_keys(keys, key_labels, present)
+        pools = [_pool(keys, key_labels, c, bank) for c in present]
         per_class = []
-        for i in range(present.numel()):
-            queries = _queries(reps, index == i, confidence, num_queries, hard_threshold, generator)
-            negatives = _negatives(keys, i, pools, num_negatives, generator)
-            logits = torch.cat([queries @ keys[i : i + 1].T, queries @ negatives.T], dim=1) / tau
+        for i, c in enumerate(present):
+            queries = _queries(reps, labels == c, confidence, num_queries, hard_threshold, generator)
+            negatives = _negatives(means, i, pools, num_negatives, generator)
+            logits = torch.cat([queries @ means[i : i + 1].T, queries @ negatives.T], dim=1) / tau
             per_class.append(F.cross_entropy(logits, torch.zeros_like(logits[:, 0], dtype=torch.long)))
         loss = torch.stack(per_class).mean()
     if bank is not None:
-        bank.push(reps.detach(), labels)
+        bank.push(keys.detach(), key_labels)
     return loss

@@ -26,7 +26,11 @@ from mona_core.models.unet import UNetConfig
 
 @dataclass(frozen=True)
 class HeadsConfig:
-    """Layer sizes of every MONA head (paper defaults: 512-d embeddings, m = 512); stored in checkpoints."""
+    """Layer sizes of every MONA head (paper defaults: 512-d embeddings, m = 512); stored in checkpoints.
+
+    ``norm`` is the normalisation inside the global projection head and the predictor (see ``ProjectionHead``);
+    the local head keeps BatchNorm2d, whose statistics span every pixel of 36 views rather than three samples.
+    """
 
     bottleneck_channels: int = 256
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
@@ -35,6 +39,7 @@ class HeadsConfig:
     embed_dim: int = 512
     fpn_channels: int = 64
     representation_dim: int = 512
+    norm: str = "batch"
 
     @classmethod
     def from_unet(cls, unet: UNetConfig, **overrides: Any) -> HeadsConfig:
@@ -60,22 +65,34 @@ class HeadsConfig:
         return cls(**values)
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+HEAD_NORMS = ("batch", "layer", "none")
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind not in HEAD_NORMS:
+        raise ValueError(f"expected a head norm in {HEAD_NORMS}, got {kind!r}")
+    if kind == "batch":
+        return nn.BatchNorm1d(width)
+    return nn.LayerNorm(width) if kind == "layer" else nn.Identity()
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+        nn.Linear(in_dim, hidden), _norm(norm, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
     )
 
 
 class ProjectionHead(nn.Module):
-    """h: global average pool, then Linear-BN-ReLU-Linear. ``(N, C, h, w)`` or pooled ``(N, C)`` → ``(N, out_dim)``.
+    """h: global average pool, then Linear-norm-ReLU-Linear. ``(N, C, h, w)`` or pooled ``(N, C)`` → ``(N, out_dim)``.
 
-    BatchNorm needs N >= 2 in training mode.
+    ``norm``: ``batch`` (BatchNorm1d: needs N >= 2 in training mode, and then each embedding depends on its batch
+    companions), ``layer`` (LayerNorm: per sample) or ``none``.
     """
 
-    def __init__(self, in_dim: int = 256, hidden: int = 512, out_dim: int = 512) -> None:
+    def __init__(self, in_dim: int = 256, hidden: int = 512, out_dim: int = 512, norm: str = "batch") -> None:
         super().__init__()
         self.in_dim = in_dim
-        self.mlp = _mlp(in_dim, hidden, out_dim)
+        self.mlp = _mlp(in_dim, hidden, out_dim, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (2, 4) or x.shape[1] != self.in_dim:
@@ -84,12 +101,12 @@ class ProjectionHead(nn.Module):
 
 
 class Predictor(nn.Module):
-    """h' (student only): Linear-BN-ReLU-Linear, ``(N, dim)`` → ``(N, dim)``."""
+    """h' (student only): Linear-norm-ReLU-Linear, ``(N, dim)`` → ``(N, dim)`` (``norm`` as in ``ProjectionHead``)."""
 
-    def __init__(self, dim: int = 512, hidden: int = 512) -> None:
+    def __init__(self, dim: int = 512, hidden: int = 512, norm: str = "batch") -> None:
         super().__init__()
         self.dim = dim
-        self.mlp = _mlp(dim, hidden, dim)
+        self.mlp = _mlp(dim, hidden, dim, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -228,34 +245,46 @@ def sample_pixels(
     confidence: torch.Tensor,
     per_class: int,
     generator: torch.Generator | None = None,
+    hard_threshold: float | None = None,
 ) -> PixelSample:
-    """Uniformly sample up to ``per_class`` pixels of every class present (negative labels are ignored).
+    """Sample up to ``per_class`` pixels of every class present (negative labels are ignored).
 
     ``fused``: (N, F, H, W); ``labels``: (N, H, W) integer (ground truth or pseudo-labels); ``confidence``: (N, H, W)
-    (e.g. the pseudo-label probability, for easy/hard queries). Returns ``PixelSample`` with P <= per_class x classes
-    rows, classes in ascending order. Gathers only the chosen pixels: no (N*H*W, F) copy is made.
+    (the predicted probability of each pixel's label). Without ``hard_threshold`` the draw is uniform (class means,
+    negative keys). With it, the draw is eq. 5's query selection over ALL pixels of the class: hard pixels
+    (confidence <= threshold) first, in random order, then easy ones to fill up; so the threshold decides which
+    pixels are learned from, not just their order. Returns ``PixelSample`` with P <= per_class x classes rows,
+    classes in ascending order. Gathers only the chosen pixels: no (N*H*W, F) copy is made.
     """
     _check_pixel_inputs(fused, labels, confidence)
     if per_class < 1:
         raise ValueError(f"expected per_class >= 1, got {per_class}")
-    flat_labels = labels.reshape(-1)
+    flat_labels, flat_confidence = labels.reshape(-1), confidence.reshape(-1)
     classes = [int(c) for c in torch.unique(flat_labels).tolist() if c >= 0]
-    chosen = [_sample_class(flat_labels, c, per_class, generator) for c in classes]
+    easy = None if hard_threshold is None else flat_confidence.detach() > hard_threshold
+    chosen = [_sample_class(flat_labels, c, per_class, generator, easy) for c in classes]
     index = torch.cat(chosen) if chosen else flat_labels.new_zeros(0)
     plane = fused.shape[2] * fused.shape[3]
     features = fused.flatten(2)[index // plane, :, index % plane]
-    return PixelSample(features, flat_labels[index].long(), confidence.reshape(-1)[index])
+    return PixelSample(features, flat_labels[index].long(), flat_confidence[index])
 
 
 def _sample_class(
-    flat_labels: torch.Tensor, cls: int, per_class: int, generator: torch.Generator | None
+    flat_labels: torch.Tensor,
+    cls: int,
+    per_class: int,
+    generator: torch.Generator | None,
+    easy: torch.Tensor | None,
 ) -> torch.Tensor:
+    """Positions of up to ``per_class`` pixels of class ``cls``: a random order, hard (not ``easy``) ones first."""
     positions = torch.nonzero(flat_labels == cls).squeeze(1)
     if positions.numel() <= per_class:
         return positions
     draw_on = generator.device if generator is not None else torch.device("cpu")
-    order = torch.randperm(positions.numel(), generator=generator, device=draw_on)[:per_class]
-    return positions[order.to(positions.device)]
+    priority = torch.rand(positions.numel(), generator=generator, device=draw_on).to(positions.device)
+    if easy is not None:
+        priority = priority + easy[positions].to(priority.dtype)
+    return positions[priority.argsort()[:per_class]]
 
 
 class MonaHeads(nn.Module):
@@ -264,8 +293,8 @@ class MonaHeads(nn.Module):
     def __init__(self, config: HeadsConfig) -> None:
         super().__init__()
         self.config = config
-        self.projection = ProjectionHead(config.bottleneck_channels, config.hidden, config.embed_dim)
-        self.predictor = Predictor(config.embed_dim, config.hidden)
+        self.projection = ProjectionHead(config.bottleneck_channels, config.hidden, config.embed_dim, config.norm)
+        self.predictor = Predictor(config.embed_dim, config.hidden, config.norm)
         self.local_projection = LocalProjectionHead(config.num_classes, config.hidden, config.embed_dim)
         self.representation = RepresentationHead(
             config.decoder_channels, config.fpn_channels, config.representation_dim, config.hidden

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-METHODS = ("supervised", "mean_teacher", "cps", "pretrain", "finetune", "mona")
+HEAD_NORMS = ("batch", "layer", "none")
+METHODS = ("supervised", "mean_teacher", "cps", "bcp", "pretrain", "finetune", "mona")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("none", "bf16")
 
 
 @dataclass(frozen=True)
@@ -22,11 +24,24 @@ class TrainConfig:
     L_unsup + 1.0 L_nn, with 256 queries, 512 negatives, confidence threshold 0.97, temperature 0.5, K = 5
     neighbours), and ``mona`` = both, chained (``pretrain_fraction`` of the iterations pre-train: the paper's 100
     of 300 epochs). ``tailness`` / ``consistency`` / ``diversity`` switch the three fine-tuning terms (Table III).
+    ``head_norm`` is the normalisation in the global projection head and predictor (the paper does not say; with
+    BatchNorm over 3 unlabelled slices each embedding depends on its batch companions).
 
     Semi-supervised methods split each batch into ``labelled_batch_size`` labelled slices (default: half) and the
     rest unlabelled; the supervised method uses labelled slices only. Unsupervised weights (Mean Teacher, CPS,
     and MONA fine-tuning's λ1-λ4) ramp up with a sigmoid over the first ``rampup_fraction`` of the (stage's)
     iterations; ``rampup_fraction=0`` applies them at full weight from the first step.
+
+    BCP (``bcp``, Bai et al., CVPR 2023): the first ``bcp_pretrain_fraction`` of the iterations are supervised
+    copy-paste between labelled slices, then bidirectional copy-paste of a labelled and an unlabelled slice with an EMA
+    teacher's pseudo-labels; the pasted box has sides ``bcp_mask_ratio`` (β = 2/3) of the slice's, and pixels from
+    unlabelled slices weigh ``bcp_unlabelled_weight`` (α = 0.5) in the loss. It needs an unlabelled slice per batch.
+
+    Speed knobs (``mona_core.training.performance``; all off by default; none changes the method or the saved model):
+    ``channels_last`` puts the networks and each batch's images in NHWC memory format; ``amp="bf16"`` runs
+    the loss step under bfloat16 autocast on the run's device (weights, gradients and the optimiser stay
+    float32); ``fused_optimizer`` uses SGD(fused=True) where torch supports it for the device (else a logged
+    note and the ordinary SGD); ``threads`` sets torch's intra-op CPU threads (process-wide) when given.
     """
 
     method: str = "supervised"
@@ -62,11 +77,19 @@ class TrainConfig:
     hard_threshold: float = 0.97
     contrast_tau: float = 0.5
     nn_k: int = 5
+    head_norm: str = "batch"
     tailness: bool = True
     consistency: bool = True
     diversity: bool = True
+    channels_last: bool = False
+    amp: str = "none"
+    fused_optimizer: bool = False
+    threads: int | None = None
     pretrain_fraction: float = 1.0 / 3.0
     init_from: str | None = None
+    bcp_pretrain_fraction: float = 0.25
+    bcp_unlabelled_weight: float = 0.5
+    bcp_mask_ratio: float = 2.0 / 3.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -96,11 +119,17 @@ class TrainConfig:
             "num_queries": (self.num_queries >= 1, ">= 1"),
             "num_negatives": (self.num_negatives >= 1, ">= 1"),
             "hard_threshold": (0.0 < self.hard_threshold <= 1.0, "in (0, 1]"),
+            "head_norm": (self.head_norm in HEAD_NORMS, f"one of {HEAD_NORMS}"),
+            "amp": (self.amp in AMP_MODES, f"one of {AMP_MODES}"),
+            "threads": (self.threads is None or self.threads >= 1, "None or >= 1"),
             "pretrain_fraction": (0.0 < self.pretrain_fraction < 1.0, "in (0, 1)"),
             "loss weights": (
                 min(self.contrast_weight, self.eqv_weight, self.unsup_weight, self.nn_weight) >= 0.0,
                 "all >= 0",
             ),
+            "bcp_pretrain_fraction": (0.0 <= self.bcp_pretrain_fraction < 1.0, "in [0, 1)"),
+            "bcp_unlabelled_weight": (self.bcp_unlabelled_weight >= 0.0, ">= 0"),
+            "bcp_mask_ratio": (0.0 < self.bcp_mask_ratio < 1.0, "in (0, 1)"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -111,6 +140,11 @@ class TrainConfig:
             raise ValueError(
                 f"expected at least 2 unlabelled slices per batch for {self.method} (BatchNorm in the heads), "
                 f"got {unlabelled} (batch_size {self.batch_size}, labelled {self.labelled_per_batch})"
+            )
+        if self.method == "bcp" and unlabelled < 1:
+            raise ValueError(
+                f"expected at least 1 unlabelled slice per batch for bcp (bidirectional copy-paste), got 0 "
+                f"(batch_size {self.batch_size}, labelled {self.labelled_per_batch})"
             )
 
     def _weights(self) -> tuple[float, float, float, float]:

@@ -88,18 +88,28 @@ def _val_case(case: CaseRecord, num_classes: int) -> ValCase:
     return ValCase(case.case_id, image.array, label.array, (spacing[0], spacing[1], spacing[2]))
 
 
-def sample_batch(bank: SliceBank, labelled: int, batch_size: int, rng: np.random.Generator, augment: bool) -> Batch:
+def sample_batch(
+    bank: SliceBank,
+    labelled: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment: bool,
+    augment_unlabelled: bool | None = None,
+) -> Batch:
     """``labelled`` labelled slices with labels, and ``batch_size - labelled`` unlabelled slices.
 
     Unlabelled slices come from the unlabelled patients; when there are none (every patient labelled) the images
-    of labelled slices stand in, without their labels.
+    of labelled slices stand in, without their labels. ``augment_unlabelled`` (default: ``augment``) is False for
+    methods that make their own weak view of unlabelled slices on the device (MONA's teacher view).
     """
     picks = rng.integers(0, bank.num_labelled, size=labelled)
     images, labels = _stack(bank.images[picks], list(bank.labels[picks]), rng, augment)
     count = batch_size - labelled
     pool = bank.unlabelled if len(bank.unlabelled) else bank.images
     extra = pool[rng.integers(0, len(pool), size=count)] if count > 0 else pool[:0]
-    return Batch(images, labels, _stack_unlabelled(extra, rng, augment))
+    return Batch(
+        images, labels, _stack_unlabelled(extra, rng, augment if augment_unlabelled is None else augment_unlabelled)
+    )
 
 
 def _stack_unlabelled(images: np.ndarray, rng: np.random.Generator, augment: bool) -> torch.Tensor:

@@ -26,6 +26,8 @@ from mona_core.report import save_loss_curve_png
 from mona_core.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mona_core.training.config import TrainConfig
 from mona_core.training.methods import Method, build_method
+from mona_core.training.methods.base import set_train_modes
+from mona_core.training.performance import apply_memory_format, apply_threads, build_optimizer, method_step
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.schedule import step_decay_lr
 from mona_core.training.slices import (
@@ -171,10 +173,10 @@ def _train_stage(config: TrainConfig, context: _Context, run_dir: Path, progress
 
 
 def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> RunState:
+    apply_threads(config)
     method = build_method(config, UNetConfig(num_classes=num_classes), device)
-    optimizer = torch.optim.SGD(
-        method.trainable(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    apply_memory_format(method, config)  # before the optimiser: it holds the (restrided) parameters
+    optimizer = build_optimizer(method.trainable(), config)
     return RunState(method=method, optimizer=optimizer, rng=np.random.default_rng(config.seed))
 
 
@@ -186,8 +188,7 @@ def _resume_or_start(state: RunState, config: TrainConfig, data: TrainingData, r
             module.load_state_dict(saved["modules"][name])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.step, state.best, state.history = saved["step"], saved["best"], saved["history"]
-        state.rng.bit_generator.state = saved["rng"]["numpy"]
-        torch.set_rng_state(saved["rng"]["torch"])
+        _restore_rng(state, saved)
         logger.info("resuming %s from step %d", run_dir, state.step)
         return
     if config.init_from:
@@ -195,6 +196,28 @@ def _resume_or_start(state: RunState, config: TrainConfig, data: TrainingData, r
     run_dir.mkdir(parents=True, exist_ok=True)
     run_info = {"method": config.method, **data.description, "config": config.to_dict()}
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+
+
+def _rng_states(state: RunState) -> dict[str, Any]:
+    """Every random stream a step draws from: numpy (sampling), torch CPU and CUDA (dropout, noise), and the method's
+    own generator and memory banks, so a resumed run continues exactly as an uninterrupted one."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {
+        "numpy": state.rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "method": state.method.extra_state(),
+    }
+
+
+def _restore_rng(state: RunState, saved: dict[str, Any]) -> None:
+    rng = saved["rng"]
+    state.rng.bit_generator.state = rng["numpy"]
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "method" in rng:
+        state.method.load_extra_state(rng["method"])
 
 
 def _initialise_from(state: RunState, path: Path) -> None:
@@ -218,8 +241,7 @@ def _loop(
     progress: ProgressFn,
     should_stop: StopFn,
 ) -> TrainResult:
-    for module in state.method.modules().values():
-        module.train()
+    set_train_modes(state.method.modules())
     started, first_step = time.monotonic(), state.step
     while state.step < config.iterations:
         if should_stop():
@@ -256,8 +278,11 @@ def _train_step(
     lr = step_decay_lr(state.step, config.lr, config.lr_step, config.lr_gamma)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = sample_batch(bank, config.labelled_per_batch, config.batch_size, state.rng, config.augment).to(device)
-    parts = state.method.step(batch, state.step)
+    augment_unlabelled = config.augment and not state.method.augments_unlabelled
+    batch = sample_batch(
+        bank, config.labelled_per_batch, config.batch_size, state.rng, config.augment, augment_unlabelled
+    ).to(device)
+    parts = method_step(state.method, batch, state.step, config, device)  # speed knobs: memory format, autocast
     state.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()  # type: ignore[no-untyped-call]
     state.optimizer.step()
@@ -295,7 +320,7 @@ def _save(state: RunState, config: TrainConfig, data: TrainingData, run_dir: Pat
         payload["modules"] = {key: module.state_dict() for key, module in state.method.modules().items()}
         payload["optimizer"] = state.optimizer.state_dict()
         payload["history"] = state.history
-        payload["rng"] = {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state()}
+        payload["rng"] = _rng_states(state)
         _write_history(state.history, run_dir)
     save_checkpoint(payload, run_dir / "checkpoints" / name)
 

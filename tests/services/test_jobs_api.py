@@ -115,7 +115,7 @@ def test_ratio_instead_of_patients_is_accepted(api: TestClient, service_settings
     [
         (
             {"kind": "magic"},
-            "expected kind in ['supervised', 'mean_teacher', 'cps', 'pretrain', 'finetune', 'mona', 'study']",
+            "expected kind in ['supervised', 'mean_teacher', 'cps', 'bcp', 'pretrain', 'finetune', 'mona', 'study']",
         ),
         ({"config": {"init_from": "/etc/passwd"}}, "expected no init_from in config"),
         ({"kind": "study"}, "expected the study's labelled ratios in config.ratios"),

@@ -276,6 +276,7 @@ def test_real_worker_runs_a_training_job(service_settings: Settings, tmp_path: P
     [
         ("mean_teacher", "loss_consistency"),
         ("cps", "loss_cps"),
+        ("bcp", "loss_inward"),
         ("pretrain", "loss_inst_global"),
         ("mona", "loss_contrast"),
     ],

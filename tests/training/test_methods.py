@@ -59,7 +59,10 @@ def test_labelled_share_of_a_batch() -> None:
         TrainConfig(method="mona", batch_size=2)
 
 
-@pytest.mark.parametrize(("method", "modules"), [("mean_teacher", {"model", "teacher"}), ("cps", {"model", "second"})])
+@pytest.mark.parametrize(
+    ("method", "modules"),
+    [("mean_teacher", {"model", "teacher"}), ("cps", {"model", "second"}), ("bcp", {"model", "teacher"})],
+)
 def test_semi_supervised_baselines_train_and_resume(
     phantom_dataset: Path, tmp_path: Path, method: str, modules: set[str]
 ) -> None:
@@ -76,7 +79,7 @@ def test_semi_supervised_baselines_train_and_resume(
     longer = train(config.with_overrides(iterations=6), index, selection, tmp_path / "run")
     assert longer.steps == 6
     loss_keys = set(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["history"][-1])
-    assert ("loss_consistency" if method == "mean_teacher" else "loss_cps") in loss_keys
+    assert {"mean_teacher": "loss_consistency", "cps": "loss_cps", "bcp": "loss_inward"}[method] in loss_keys
 
 
 def test_mean_teacher_teacher_follows_the_student_by_ema(phantom_dataset: Path, tmp_path: Path) -> None:

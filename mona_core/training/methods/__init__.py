@@ -10,12 +10,14 @@ from mona_core.models import UNetConfig
 from mona_core.training.config import TrainConfig
 from mona_core.training.methods.base import Batch, Method, ema_update, sigmoid_rampup
 from mona_core.training.methods.baselines import CrossPseudoSupervision, MeanTeacher, Supervised
+from mona_core.training.methods.bcp import BidirectionalCopyPaste
 from mona_core.training.methods.mona import AnatomicalContrastiveReconstruction, GLCon
 
 _REGISTRY: dict[str, Callable[[TrainConfig, UNetConfig, torch.device], Method]] = {
     "supervised": Supervised,
     "mean_teacher": MeanTeacher,
     "cps": CrossPseudoSupervision,
+    "bcp": BidirectionalCopyPaste,
     "pretrain": GLCon,
     "finetune": AnatomicalContrastiveReconstruction,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -37,9 +37,15 @@ class Batch:
 
 
 class Method(Protocol):
-    """A training method. ``modules`` are saved in checkpoints; ``eval_model`` is validated and exported."""
+    """A training method. ``modules`` are saved in checkpoints; ``eval_model`` is validated and exported.
+
+    ``extra_state`` is everything else a resumed run needs to continue exactly as an uninterrupted one (the method's
+    own random generator, memory banks). ``augments_unlabelled``: the method makes its own weak view of unlabelled
+    slices on the device, so the sampler must not augment them first (one weak augmentation, not two).
+    """
 
     name: str
+    augments_unlabelled: bool
 
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -50,6 +56,10 @@ class Method(Protocol):
     def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]: ...
 
     def after_step(self, step: int) -> None: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
 
 
 @torch.no_grad()
@@ -75,8 +85,30 @@ def stage_rampup(config: TrainConfig, step: int) -> float:
 
 
 def frozen_copy(module: ModuleT) -> ModuleT:
-    """A teacher: same architecture, weights and device as ``module``, with no gradients."""
+    """A teacher: same architecture, weights and device as ``module``, with no gradients, in eval mode.
+
+    Eval mode makes a teacher's output a function of its input alone: no dropout, and BatchNorm with the running
+    statistics (copied from the student by ``ema_update``) rather than those of the batch companions. The trainer
+    keeps it so (``set_train_modes``).
+    """
     teacher = copy.deepcopy(module)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    return teacher
+    return teacher.eval()
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """A module none of whose parameters train (a teacher); a module without parameters counts as trainable."""
+    parameters = list(module.parameters())
+    return bool(parameters) and not any(p.requires_grad for p in parameters)
+
+
+def set_train_modes(modules: dict[str, nn.Module]) -> None:
+    """Students train (dropout, batch statistics); frozen teachers stay in eval mode."""
+    for module in modules.values():
+        module.train(not is_frozen(module))
+
+
+def load_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restore ``generator.get_state()`` (a CPU byte tensor, also for a CUDA generator) from a checkpoint."""
+    generator.set_state(state.to(device="cpu", dtype=torch.uint8))

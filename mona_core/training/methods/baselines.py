@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ class Supervised:
     """Dice + CE on the labelled slices only (unlabelled slices, if sampled, are ignored)."""
 
     name = "supervised"
+    augments_unlabelled = False
 
     def __init__(self, config: TrainConfig, model_config: UNetConfig, device: torch.device) -> None:
         self.model = build_model(model_config).to(device)
@@ -33,6 +36,13 @@ class Supervised:
 
     def after_step(self, step: int) -> None:
         del step
+
+    def extra_state(self) -> dict[str, Any]:
+        """Nothing beyond the networks and the global RNGs (which the trainer saves)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        del state
 
 
 class MeanTeacher(Supervised):

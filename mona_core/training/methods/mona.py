@@ -18,11 +18,18 @@ the exported model is the student UNet.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mona_core.data.gpu_augment import RandomAffineTransform, strong_from_weak, weak_augment_batch
+from mona_core.data.gpu_augment import (
+    RandomAffineTransform,
+    StrongAugmentConfig,
+    strong_from_weak,
+    weak_augment_batch,
+)
 from mona_core.losses import (
     ClassMemoryBank,
     EmbeddingQueue,
@@ -35,7 +42,11 @@ from mona_core.losses import (
 from mona_core.models import UNet, UNetConfig, build_model
 from mona_core.models.heads import HeadsConfig, build_heads, random_local_views, sample_pixels
 from mona_core.training.config import TrainConfig
-from mona_core.training.methods.base import Batch, ema_update, frozen_copy, stage_rampup
+from mona_core.training.methods.base import Batch, ema_update, frozen_copy, load_generator_state, stage_rampup
+
+# GLCon's student view: the teacher's weak view with photometric changes only. CutMix or a deformation would move
+# anatomy, and then neither the same-location local crops nor the global target describe what the student sees.
+GLCON_STUDENT_AUGMENT = StrongAugmentConfig(cutmix_prob=0.0, deform_magnitude=0.0)
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -46,11 +57,12 @@ class _StudentTeacher:
     """Shared parts: student UNet + heads, EMA teacher UNet + heads, a seeded generator on the device."""
 
     name = "student_teacher"
+    augments_unlabelled = True
 
     def __init__(self, config: TrainConfig, model_config: UNetConfig, device: torch.device) -> None:
         self.config = config
         self.model = build_model(model_config).to(device)
-        self.heads = build_heads(HeadsConfig.from_unet(model_config)).to(device)
+        self.heads = build_heads(HeadsConfig.from_unet(model_config, norm=config.head_norm)).to(device)
         self.teacher = frozen_copy(self.model)
         self.teacher_heads = frozen_copy(self.heads)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -69,6 +81,18 @@ class _StudentTeacher:
         ema_update(self.teacher, self.model, self.config.ema_decay)
         ema_update(self.teacher_heads, self.heads, self.config.ema_decay)
 
+    def extra_state(self) -> dict[str, Any]:
+        """The method's generator and its memory banks: a resumed run draws and mines exactly as before."""
+        return {"generator": self.generator.get_state(), **{k: b.state_dict() for k, b in self._banks().items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        load_generator_state(self.generator, state["generator"])
+        for key, bank in self._banks().items():
+            bank.load_state_dict(state[key])
+
+    def _banks(self) -> dict[str, EmbeddingQueue | ClassMemoryBank]:
+        return {}
+
     def _student_query(self, bottleneck: torch.Tensor) -> torch.Tensor:
         """u = h'(h(z)): the student's predicted global embedding."""
         return self.heads.predictor(self.heads.projection(bottleneck))  # type: ignore[no-any-return]
@@ -85,9 +109,12 @@ class GLCon(_StudentTeacher):
         self.global_memory = EmbeddingQueue(config.memory_size, dim, device=device)
         self.local_memory = EmbeddingQueue(config.memory_size, dim, device=device)
 
+    def _banks(self) -> dict[str, EmbeddingQueue | ClassMemoryBank]:
+        return {"global_memory": self.global_memory, "local_memory": self.local_memory}
+
     def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         teacher_view, _ = weak_augment_batch(batch.unlabelled, None, self.generator)
-        student_view, _ = strong_from_weak(teacher_view, None, self.generator)
+        student_view, _ = strong_from_weak(teacher_view, None, self.generator, GLCON_STUDENT_AUGMENT)
         images = torch.cat([batch.images, student_view])
         out = self.model.forward_features(images)
         parts = supervised_loss(out.logits[: len(batch.images)], batch.labels)
@@ -140,6 +167,9 @@ class AnatomicalContrastiveReconstruction(_StudentTeacher):
         self.class_bank = ClassMemoryBank(model_config.num_classes, config.num_negatives, rep_dim, device=device)
         self.neighbours = EmbeddingQueue(config.memory_size, self.heads.config.embed_dim, device=device)
 
+    def _banks(self) -> dict[str, EmbeddingQueue | ClassMemoryBank]:
+        return {"class_bank": self.class_bank, "neighbours": self.neighbours}
+
     def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         weak, _ = weak_augment_batch(batch.unlabelled, None, self.generator)
         with torch.no_grad():
@@ -169,19 +199,23 @@ class AnatomicalContrastiveReconstruction(_StudentTeacher):
         return {**parts, **terms, "loss": total, "rampup": torch.tensor(ramp)}
 
     def _tailness(self, decoder: list[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sample pixels of every class first, then project only those to the 512-d representation space."""
+        """Eq. 3-5 on sampled pixels: queries chosen hard-first among ALL pixels of each class (eq. 5), a uniform
+        sample for the class means and negative pools (eq. 4); only the sampled pixels are projected to 512-d."""
+        c = self.config
         confidence = torch.softmax(logits.detach(), dim=1).gather(1, labels[:, None]).squeeze(1)
         fused = self.heads.representation.fuse(decoder)
-        sample = sample_pixels(fused, labels, confidence, self.config.num_queries, self.generator)
-        reps = self.heads.representation.project(sample.features)
+        queries = sample_pixels(fused, labels, confidence, c.num_queries, self.generator, c.hard_threshold)
+        keys = sample_pixels(fused, labels, confidence, c.num_queries, self.generator)
         return anatomical_contrast_loss(
-            reps,
-            sample.labels,
-            sample.confidence,
-            num_queries=self.config.num_queries,
-            num_negatives=self.config.num_negatives,
-            hard_threshold=self.config.hard_threshold,
-            tau=self.config.contrast_tau,
+            self.heads.representation.project(queries.features),
+            queries.labels,
+            queries.confidence,
+            keys=self.heads.representation.project(keys.features),
+            key_labels=keys.labels,
+            num_queries=c.num_queries,
+            num_negatives=c.num_negatives,
+            hard_threshold=c.hard_threshold,
+            tau=c.contrast_tau,
             bank=self.class_bank,
             generator=self.generator,
         )
