@@ -171,7 +171,10 @@ def load_data(args: argparse.Namespace) -> TrainingData:
         data = unpack(args.packed)
         got = int(data.bank.images.shape[-1])
         if got != args.size:
-            raise ValueError(f"expected {args.size}x{args.size} slices in {args.packed}, got {got} (pack again)")
+            raise ValueError(
+                f"expected {args.size}x{args.size} slices in {args.packed}, got {got}: "
+                f"pack at --size {args.size} or pass --size {got}"
+            )
         return data
     index = load_dataset(args.data)
     selection = select_labelled(index.patients("train"), n_patients=args.labelled_patients, seed=PATIENT_SELECTION_SEED)
@@ -234,7 +237,7 @@ def survey_folder(args: argparse.Namespace) -> Survey:
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``mona+rampup_fraction=0+pretrain_fraction=0.25`` → ("mona", {"rampup_fraction": 0.0, ...})."""
+    """``mona+rampup_fraction=0+head_norm=layer`` → ("mona", {"rampup_fraction": 0.0, "head_norm": "layer"})."""
     method, *pairs = spec.split("+")
     types = {f.name: f.type for f in fields(TrainConfig)}
     overrides: dict[str, Any] = {}
@@ -242,9 +245,19 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
         key, _, value = pair.partition("=")
         if key not in types:
             raise ValueError(f"expected a TrainConfig field in {spec!r}, got {key!r}")
-        kind = str(types[key])
-        overrides[key] = value == "true" if "bool" in kind else float(value) if "float" in kind else int(value)
+        overrides[key] = _typed(str(types[key]), value)
     return method, overrides
+
+
+def _typed(kind: str, value: str) -> Any:
+    """A ``+key=value`` override as its field's type (``kind``: the annotation, e.g. "int | None")."""
+    if "bool" in kind:
+        return value == "true"
+    if "float" in kind:
+        return float(value)
+    if "int" in kind:
+        return int(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -419,7 +432,7 @@ def describe(plan: Plan, args: argparse.Namespace, show_runs: bool = True) -> st
         f"iterations (an epoch over the unlabelled slices would be "
         f"{survey.n_unlabelled_slices / survey.n_labelled_slices:.1f}x longer)",
         f"batch {BATCH_SIZE}: semi-supervised 3 labelled + 3 unlabelled, supervised 6 labelled",
-        f"iterations per run: {plan.iterations:,} (= {plan.iterations / e:.1f} epochs) for every method; "
+        f"iterations per run: {plan.iterations:,} (= {round(plan.iterations / e, 2):g} epochs) for every method; "
         f"validation and checkpoint every {plan.val_every} iterations of a stage",
     ]
     for spec in plan.specs:
@@ -507,8 +520,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "device"}
 
 
-def run_one(plan: Plan, spec: str, seed: int, data: TrainingData, threads: int, out: Path) -> dict[str, Any]:
-    """Train (or resume, or reuse) one (method, seed) run and score its best and last checkpoints."""
+def run_one(
+    plan: Plan, spec: str, seed: int, data: TrainingData, threads: int, out: Path, machine: str
+) -> dict[str, Any]:
+    """Train (or resume, or reuse) one (method, seed) run and score its best and last checkpoints; ``machine``
+    (device, runs at once) is recorded with the wall time it qualifies."""
     torch.set_num_threads(threads)
     config = plan.config(spec, seed)
     folder = run_folder(out, spec, seed)
@@ -551,6 +567,7 @@ def run_one(plan: Plan, spec: str, seed: int, data: TrainingData, threads: int, 
         "config": config.to_dict(),
         "run_dir": str(run_dir),
         "stages": plan.stages(spec),
+        "machine": machine,
         "train_wall_s": round(train_s, 1) if timed else None,
         "iterations_timed": timed,
         "iterations_per_s": round(timed / train_s, 3) if timed else None,
@@ -579,10 +596,10 @@ def _init_worker(args: argparse.Namespace) -> None:
     _WORKER_DATA = load_data(args)
 
 
-def _run_in_worker(plan: Plan, spec: str, seed: int, threads: int, out: Path) -> dict[str, Any]:
+def _run_in_worker(plan: Plan, spec: str, seed: int, threads: int, out: Path, machine: str) -> dict[str, Any]:
     if _WORKER_DATA is None:
         raise RuntimeError("expected the worker's data to be loaded by its initializer, got none")
-    return run_one(plan, spec, seed, _WORKER_DATA, threads, out)
+    return run_one(plan, spec, seed, _WORKER_DATA, threads, out, machine)
 
 
 # --- aggregation and tables ---------------------------------------------------------------------------------------
@@ -608,7 +625,7 @@ def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[str], classes: 
             continue
         entry: dict[str, Any] = {
             "seeds": [r["seed"] for r in runs],
-            "train_wall_s": mean_sd([r["train_wall_s"] for r in runs]),
+            "train_wall_s": mean_sd([None if r.get("resumed_from_step") else r["train_wall_s"] for r in runs]),
             "iterations_per_s": mean_sd([r["iterations_per_s"] for r in runs]),
         }
         for kind in CHECKPOINTS:
@@ -659,8 +676,8 @@ def caption(plan: Plan, kind: str, done: int) -> str:
         f"a stage; {schedule}; validation every {plan.val_every} iterations. Scored on the validation split "
         f"({survey.val_patients} patients, {survey.val_volumes} whole volumes) through the exported ONNX model: "
         f"DSC in %, ASD in voxels; mean ± sample sd over training seeds {', '.join(map(str, plan.seeds))}. "
-        f"Checkpoint: **{CHECKPOINTS[kind][1]}**. train s: wall time of training incl. validation; it/s = "
-        f"iterations / train s.{progress}"
+        f"Checkpoint: **{CHECKPOINTS[kind][1]}**. train s: wall time of training incl. validation, over the runs "
+        f"trained without interruption; it/s = iterations / wall time of the iterations trained in one go.{progress}"
     )
 
 
@@ -673,7 +690,7 @@ def table(plan: Plan, aggregates: dict[str, Any], kind: str, done: int) -> str:
         + " | ".join(f"{c} ASD" for c in classes)
         + " | mean ASD | train s | it/s |"
     )
-    rows = [f"**{caption(plan, kind, done)}**", "", head, "|" + "---|" * (2 * len(classes) + 6)]
+    rows = [f"Table: {caption(plan, kind, done)}", "", head, "|" + "---|" * (2 * len(classes) + 6)]
     for spec, entry in aggregates.items():
         scores = entry[kind]
         dice = [cell(scores["per_class"][c]["dice"], 100, 1) for c in classes]
@@ -733,11 +750,12 @@ def train_all(plan: Plan, args: argparse.Namespace, data: TrainingData | None) -
     """Every run, one after the other or ``--jobs`` at a time in separate processes; results after each."""
     records: list[dict[str, Any]] = []
     runs = plan.runs()
+    machine = f"{device_name(plan.device, args.threads)}; {min(args.jobs, len(runs))} run(s) at once"
     if args.jobs <= 1:
         if data is None:
             data = load_data(args)
         for spec, seed in runs:
-            records.append(run_one(plan, spec, seed, data, args.threads, args.out))
+            records.append(run_one(plan, spec, seed, data, args.threads, args.out, machine))
             write_results(plan, args, records)
         return records
     workers = min(args.jobs, len(runs))
@@ -745,7 +763,7 @@ def train_all(plan: Plan, args: argparse.Namespace, data: TrainingData | None) -
         max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args,)
     ) as pool:
         futures: list[Future[dict[str, Any]]] = [
-            pool.submit(_run_in_worker, plan, spec, seed, args.threads, args.out) for spec, seed in runs
+            pool.submit(_run_in_worker, plan, spec, seed, args.threads, args.out, machine) for spec, seed in runs
         ]
         for future in as_completed(futures):
             records.append(future.result())

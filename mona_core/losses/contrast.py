@@ -34,7 +34,7 @@ def _check_inputs(
 
 
 def _positive_keys(keys: torch.Tensor, key_labels: torch.Tensor, present: list[int]) -> torch.Tensor:
-    """Class means r_k^{c,+} (eq. 4) of the ``present`` classes over the key sample, detached, L2-normalised: (|C|, D)."""
+    """Class means r_k^{c,+} (eq. 4) of the ``present`` classes over the key sample; detached, unit: (|C|, D)."""
     detached = keys.detach()
     return F.normalize(torch.stack([detached[key_labels == c].mean(dim=0) for c in present]), dim=1)
 

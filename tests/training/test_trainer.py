@@ -98,7 +98,7 @@ def test_cuda_request_without_gpu_is_a_clear_error() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "cps", "mona"])
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "cps", "bcp", "mona"])
 def test_cuda_training_step(method: str, phantom_dataset: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
