@@ -1,8 +1,12 @@
 """The label-efficiency study: labelled ratios × methods on one dataset under one declared budget → a Table-I-style
 report (DSC / ASD per class and their means, per method and ratio) as JSON, markdown and a plot.
 
-Every cell trains with the same ``TrainConfig`` except its method and labelled patients (chosen by patient, seeded),
-selects its best checkpoint on the validation split, and is scored there on whole volumes with DSC and ASD. Cells
+Every cell trains with the same ``TrainConfig`` except its method and labelled patients (chosen by patient, seeded)
+and is scored on whole volumes with DSC and ASD, each figure labelled with its checkpoint and split (``scores``):
+``best_val`` — the best-on-validation checkpoint, selected AND scored on the validation split (optimistic);
+``last_val`` — the last checkpoint on the validation split (no selection); ``best_test`` — the best-on-validation
+checkpoint on the dataset's labelled ``test`` split, when it has one (the honest figure: chosen on val, scored on
+unseen patients). One training seed (``base.seed``) per cell. ``per_class`` / ``mean`` repeat ``best_val``. Cells
 live in ``out_dir/<method>-<ratio>``; re-running a study resumes unfinished cells and reuses finished ones.
 """
 
@@ -20,7 +24,7 @@ from mona_core.data.dataset import DatasetIndex
 from mona_core.data.splits import select_labelled
 from mona_core.models import UNetConfig, build_model
 from mona_core.report.figures import save_study_png
-from mona_core.training.checkpoint import checkpoint_for_export, load_checkpoint
+from mona_core.training.checkpoint import BEST, LAST, load_checkpoint
 from mona_core.training.config import StudyConfig, TrainConfig
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.slices import load_val_cases
@@ -39,6 +43,7 @@ class StudyCell:
     per_class: dict[str, dict[str, float | None]]
     mean: dict[str, float | None]
     train_seconds: float
+    scores: dict[str, dict[str, Any]]
 
 
 def run_study(
@@ -72,25 +77,33 @@ def _run_cell(
     result = train(config, index, selection, run_dir, progress=progress)
     if result.stopped:
         return None
-    report = _score(run_dir, index, config)
-    return StudyCell(
-        method,
-        ratio,
-        selection.labelled,
-        result.best,
-        report["per_class"],
-        report["mean"],
-        round(time.monotonic() - started, 1),
-    )
+    scores = score_run(run_dir, index, config)
+    best = scores["best_val"]
+    seconds = round(time.monotonic() - started, 1)
+    return StudyCell(method, ratio, selection.labelled, result.best, best["per_class"], best["mean"], seconds, scores)
 
 
-def _score(run_dir: Path, index: DatasetIndex, config: TrainConfig) -> dict[str, Any]:
-    """DSC and ASD of the selected (best-on-validation) checkpoint on the validation volumes."""
-    saved = load_checkpoint(checkpoint_for_export(run_dir))
+# (name, checkpoint file, split): what each score in a cell is, spelled out in the report.
+SCORES = (("best_val", BEST, "val"), ("last_val", LAST, "val"), ("best_test", BEST, "test"))
+
+
+def score_run(run_dir: Path, index: DatasetIndex, config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """DSC and ASD of the best-on-validation and the last checkpoint, labelled with checkpoint and split; the test
+    split is scored (best-on-validation checkpoint only) when the dataset has labelled test volumes."""
     device = resolve_device(config.device)
-    model = build_model(UNetConfig.from_dict(saved["model_config"])).to(device)
-    model.load_state_dict(saved["model"])
-    return validate(model, load_val_cases(index), index.classes, index.preset, config.size, device, with_asd=True)
+    test = load_val_cases(index, split="test") if "test" in index.splits else []
+    cases = {"val": load_val_cases(index), "test": test}
+    scores: dict[str, dict[str, Any]] = {}
+    for name, checkpoint, split in SCORES:
+        path = run_dir / "checkpoints" / checkpoint
+        if not cases[split] or not path.is_file():
+            continue
+        saved = load_checkpoint(path)
+        model = build_model(UNetConfig.from_dict(saved["model_config"])).to(device)
+        model.load_state_dict(saved["model"])
+        report = validate(model, cases[split], index.classes, index.preset, config.size, device, with_asd=True)
+        scores[name] = {"checkpoint": checkpoint, "step": saved["step"], "split": split, **report}
+    return scores
 
 
 def _cell_progress(progress: ProgressFn, number: int, cells: int, base: TrainConfig) -> ProgressFn:
@@ -129,13 +142,26 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+STUDY_CAPTION = (
+    "One training seed per cell. Per class and mean: best-on-validation checkpoint, selected and scored on the "
+    "validation split (optimistic). last (val): the last checkpoint on the validation split. test: the "
+    "best-on-validation checkpoint on the test split (n/a: the dataset has no labelled test volumes)."
+)
+
+
+def _mean_cell(cell: StudyCell, score: str) -> str:
+    found = cell.scores.get(score)
+    return "n/a" if found is None else f"{_pct(found['mean']['dice'])} / {_num(found['mean']['asd'])}"
+
+
 def study_markdown(cells: Sequence[StudyCell], classes: Sequence[str]) -> str:
-    """One row per (ratio, method): DSC / ASD per foreground class, then the means."""
-    head = "| labelled | method | " + " | ".join(f"{c} DSC / ASD" for c in classes) + " | mean DSC / ASD |"
-    rows = [head, "|---|---|" + "---|" * (len(classes) + 1)]
+    """A caption, then one row per (ratio, method): DSC / ASD per foreground class and the means for each score."""
+    head = "| labelled | method | " + " | ".join(f"{c} DSC / ASD" for c in classes)
+    head += " | mean DSC / ASD | last (val) mean | test mean |"
+    rows = [STUDY_CAPTION, "", head, "|---|---|" + "---|" * (len(classes) + 3)]
     for cell in cells:
         per = [f"{_pct(cell.per_class[c]['dice'])} / {_num(cell.per_class[c]['asd'])}" for c in classes]
-        mean = f"{_pct(cell.mean['dice'])} / {_num(cell.mean['asd'])}"
+        means = [_mean_cell(cell, score) for score in ("best_val", "last_val", "best_test")]
         patients = len(cell.labelled_patients)
-        rows.append(f"| {cell.ratio:g} ({patients} pt) | {cell.method} | " + " | ".join(per) + f" | {mean} |")
+        rows.append(f"| {cell.ratio:g} ({patients} pt) | {cell.method} | " + " | ".join(per + means) + " |")
     return "\n".join(rows) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,19 @@ def test_study_reports_every_cell(phantom_dataset: Path, tmp_path: Path) -> None
     ]
     for cell in report["cells"]:
         assert set(cell["per_class"]) == {"RV", "Myo", "LV"} and cell["best"]["step"] == 2
+        best, last = cell["scores"]["best_val"], cell["scores"]["last_val"]
+        assert (best["checkpoint"], best["split"], last["checkpoint"], last["split"]) == (
+            "best.pt",
+            "val",
+            "last.pt",
+            "val",
+        )
+        assert best["mean"] == cell["mean"] and last["step"] == 2
     saved = json.loads((tmp_path / "study" / "study.json").read_text())
     assert saved["cells"] == json.loads(json.dumps(report["cells"]))
     markdown = (tmp_path / "study" / "study.md").read_text()
-    assert markdown.count("\n") == 2 + 4 and "| 0.25 (1 pt) | supervised |" in markdown
+    assert markdown.count("\n") == 4 + 4 and "| 0.25 (1 pt) | supervised |" in markdown
+    assert "selected and scored on the validation split" in markdown
     assert (tmp_path / "study" / "study.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -55,3 +65,21 @@ def test_study_request_round_trip() -> None:
     assert StudyConfig.from_dict(study.to_dict()) == study
     with pytest.raises(ValueError, match="unknown"):
         StudyConfig.from_request({"methods": ["supervised"], "k1": 3})
+
+
+def test_a_dataset_with_a_test_split_gets_test_scores(phantom_dataset: Path, tmp_path: Path) -> None:
+    """Selected on val, scored on the held-out test patients: the figure users should quote."""
+    root = tmp_path / "with_test"
+    shutil.copytree(phantom_dataset, root)
+    splits = json.loads((root / "splits.json").read_text())
+    moved = [case for case in splits["train"] if case.startswith("patient004")]
+    splits = {**splits, "train": [c for c in splits["train"] if c not in moved], "test": moved}
+    (root / "splits.json").write_text(json.dumps(splits))
+    study = StudyConfig(methods=("supervised",), ratios=(0.5,), base=TINY)
+    report = run_study(study, load_dataset(root), tmp_path / "study")
+    assert report is not None
+    test = report["cells"][0]["scores"]["best_test"]
+    assert (test["checkpoint"], test["split"]) == ("best.pt", "test") and test["mean"]["dice"] is not None
+    assert len(test["cases"]) == len(moved)
+    last_row = (tmp_path / "study" / "study.md").read_text().splitlines()[-1]
+    assert last_row.split("|")[-2].strip() != "n/a"  # the test column is filled
