@@ -11,7 +11,9 @@ step of the same variant. Goal of the issue: a MONA fine-tune step <= 2x supervi
 
 Variants: ``baseline`` (defaults), ``channels_last``, ``bf16`` (``amp="bf16"``), ``fused`` (fused SGD),
 ``threads1`` / ``threads2`` (``threads=1`` / ``2``), ``compile`` (``torch.compile`` of every network's ``forward`` and
-``forward_features``; CUDA only here: on the CPU the compile time alone exceeds a benchmark's budget).
+``forward_features``; CUDA only here: on the CPU the compile time alone exceeds a benchmark's budget),
+``device_data`` (``data_on_device``: the slice bank on the device, batched augmentation there) and ``all``
+(channels_last + bf16 + fused + device_data).
 
     .venv/bin/python benchmarks/throughput.py --device cpu --size 128 --steps 10 --variants baseline,channels_last
     python benchmarks/throughput.py --device cuda --variants baseline,channels_last,bf16,fused,compile --json t.json
@@ -35,7 +37,7 @@ from mona_core.data.slicing import image_to_slices, label_to_slices
 from mona_core.training.config import TrainConfig
 from mona_core.training.methods import _REGISTRY
 from mona_core.training.slices import SliceBank
-from mona_core.training.trainer import RunState, _new_state, _train_step
+from mona_core.training.trainer import RunState, _new_state, _train_step, hold_on_device
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -45,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threads1": {"threads": 1},
     "threads2": {"threads": 2},
     "compile": {},
+    "device_data": {"data_on_device": True},
+    "all": {"channels_last": True, "amp": "bf16", "fused_optimizer": True, "data_on_device": True},
 }
 NUM_CLASSES = 4
 
@@ -91,6 +95,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     bank = phantom_bank(config.size)
     torch.manual_seed(config.seed)
     state = _new_state(config, NUM_CLASSES, device)
+    hold_on_device(state, config, bank, device)
     if cell["variant"] == "compile":
         compile_networks(state)
     if device.type == "cuda":

@@ -203,10 +203,22 @@ def _compare(model: UNet, session: ort.InferenceSession, inputs: np.ndarray) -> 
         actual = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
         if actual.shape != expected.shape:
             raise ExportError(f"expected ONNX logits of shape {expected.shape}, got {actual.shape}")
+        _check_finite(expected, actual)
         worst = max(worst, float(np.abs(actual - expected).max()))
         agree += int((actual.argmax(axis=1) == expected.argmax(axis=1)).sum())
         total += expected.shape[0] * expected.shape[2] * expected.shape[3]
     return worst, agree / total
+
+
+def _check_finite(expected: np.ndarray, actual: np.ndarray) -> None:
+    """Fail parity on NaN or infinite logits: a NaN difference would otherwise vanish in ``max`` (and NaN from a
+    diverged network is 'equal' in torch and ONNX alike)."""
+    for name, logits in (("torch", expected), ("ONNX", actual)):
+        bad = int(np.count_nonzero(~np.isfinite(logits)))
+        if bad:
+            raise ExportError(
+                f"expected finite {name} logits, got {bad} NaN or infinite of {logits.size} (non-finite weights?)"
+            )
 
 
 def _make_manifest(

@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Final
 
 HEAD_NORMS = ("batch", "layer", "none")
 METHODS = ("supervised", "mean_teacher", "cps", "bcp", "pretrain", "finetune", "mona")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16")
+
+LIMITS: Final[dict[str, int | float]] = {
+    "iterations": 1_000_000,  # 33 x the paper's 30,000; keeps a job's length and counters within int32
+    "batch_size": 512,
+    "size": 1024,  # 512 x 1024 x 1024 float32 inputs are 2 GiB already
+    "labelled_batch_size": 512,
+    "lr": 10,  # up to 10 stays accepted: a run that diverges is failed by the divergence guard
+    "lr_gamma": 1,  # a decay: the learning rate never grows past ``lr``
+    "lr_step": 1_000_000,  # as for the three below, a value >= iterations means "only at the end" / "never"
+    "val_every": 1_000_000,
+    "checkpoint_every": 1_000_000,
+    "log_every": 1_000_000,
+    "momentum": 1,
+    "weight_decay": 1,
+    "seed": 2**32 - 1,  # numpy's and torch's seeds both take it; fits every integer column and JSON reader
+    "threads": 1024,
+    "memory_size": 65_536,  # each memory is a (memory_size, 512) float32 tensor: 128 MiB at the bound
+    "local_views": 1024,
+    "local_view_size": 1024,
+    "num_queries": 8192,
+    "num_negatives": 8192,
+    "nn_k": 65_536,
+    "tau_student": 100,
+    "tau_teacher": 100,
+    "contrast_tau": 100,
+    "consistency_weight": 100,
+    "contrast_weight": 100,
+    "eqv_weight": 100,
+    "unsup_weight": 100,
+    "nn_weight": 100,
+    "bcp_unlabelled_weight": 100,
+    "max_loss": 1e30,
+}
+"""The highest value each numeric ``TrainConfig`` field accepts (lower bounds: the checks in ``__post_init__``).
+
+These protect the service (time, memory, database integers), they are not advice on hyperparameters. Every float
+field must also be finite. ``STUDY_MAX_ITERATIONS`` bounds a study's total.
+"""
+STUDY_MAX_ITERATIONS: Final = 10_000_000
+"""A study's ``total_iterations`` (methods x ratios x iterations): ten maximal jobs."""
+STUDY_MAX_CELLS: Final = 64
+"""A study's ``methods x ratios`` cells (6 methods x 10 ratios fit)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +85,13 @@ class TrainConfig:
     the loss step under bfloat16 autocast on the run's device (weights, gradients and the optimiser stay
     float32); ``fused_optimizer`` uses SGD(fused=True) where torch supports it for the device (else a logged
     note and the ordinary SGD); ``threads`` sets torch's intra-op CPU threads (process-wide) when given.
+    ``data_on_device`` holds the slice bank as tensors on the run's device and samples and weak-augments batches
+    there (``sample_batch_on_device``: batched rotation, crop and flip) instead of slice by slice on the host with
+    numpy; it changes the augmentation's implementation (not its kind), so runs with and without it differ.
+
+    Bounds: every numeric field has the upper bound in ``LIMITS`` (service protection, not advice) and every float
+    must be finite. ``max_loss``: a step whose loss (or any loss part) is above it, or not finite, stops the run
+    with ``TrainingDiverged`` (``mona_core.training.divergence``); 1e6 is far above any sane loss of these methods.
     """
 
     method: str = "supervised"
@@ -85,11 +135,13 @@ class TrainConfig:
     amp: str = "none"
     fused_optimizer: bool = False
     threads: int | None = None
+    data_on_device: bool = False
     pretrain_fraction: float = 1.0 / 3.0
     init_from: str | None = None
     bcp_pretrain_fraction: float = 0.25
     bcp_unlabelled_weight: float = 0.5
     bcp_mask_ratio: float = 2.0 / 3.0
+    max_loss: float = 1e6
 
     def __post_init__(self) -> None:
         checks = {
@@ -130,6 +182,12 @@ class TrainConfig:
             "bcp_pretrain_fraction": (0.0 <= self.bcp_pretrain_fraction < 1.0, "in [0, 1)"),
             "bcp_unlabelled_weight": (self.bcp_unlabelled_weight >= 0.0, ">= 0"),
             "bcp_mask_ratio": (0.0 < self.bcp_mask_ratio < 1.0, "in (0, 1)"),
+            "max_loss": (self.max_loss > 0.0, "> 0"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "momentum": (self.momentum >= 0.0, ">= 0"),
+            "weight_decay": (self.weight_decay >= 0.0, ">= 0"),
+            "lr_gamma": (self.lr_gamma >= 0.0, ">= 0"),
+            **out_of_limits(self),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -172,6 +230,21 @@ class TrainConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def out_of_limits(config: TrainConfig) -> dict[str, tuple[bool, str]]:
+    """The fields of ``config`` above their ``LIMITS`` bound or not finite, as failed ``__post_init__`` checks.
+
+    Only failures are returned: appended to the checks, such an entry replaces the field's own (passing) check.
+    """
+    failed: dict[str, tuple[bool, str]] = {}
+    for item in fields(config):
+        value, limit = getattr(config, item.name), LIMITS.get(item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            failed[item.name] = (False, "a finite number")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and limit is not None and value > limit:
+            failed[item.name] = (False, f"<= {limit}")
+    return failed
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Which methods at which labelled ratios, and the budget (``base``) they all share."""
@@ -187,6 +260,20 @@ class StudyConfig:
             raise ValueError(f"expected methods among {allowed}, got {list(self.methods)}")
         if not self.ratios or not all(0.0 < r <= 1.0 for r in self.ratios):
             raise ValueError(f"expected labelled ratios in (0, 1], got {list(self.ratios)}")
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        """The service's bounds on a study: its split seed, its number of cells and its total iterations."""
+        if not 0 <= self.split_seed <= LIMITS["seed"]:
+            raise ValueError(f"expected split_seed in 0..{LIMITS['seed']}, got {self.split_seed}")
+        cells = len(self.methods) * len(self.ratios)
+        if cells > STUDY_MAX_CELLS:
+            raise ValueError(f"expected at most {STUDY_MAX_CELLS} study cells (methods x ratios), got {cells}")
+        if self.total_iterations > STUDY_MAX_ITERATIONS:
+            raise ValueError(
+                f"expected total_iterations (methods x ratios x iterations) <= {STUDY_MAX_ITERATIONS}, "
+                f"got {self.total_iterations} ({len(self.methods)} x {len(self.ratios)} x {self.base.iterations})"
+            )
 
     @classmethod
     def from_request(cls, config: dict[str, Any]) -> StudyConfig:

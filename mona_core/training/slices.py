@@ -16,6 +16,7 @@ import torch
 
 from mona_core.data.augment import weak_augment
 from mona_core.data.dataset import CaseRecord, DatasetIndex
+from mona_core.data.gpu_augment import weak_augment_batch
 from mona_core.data.slicing import image_to_slices, label_to_slices
 from mona_core.data.splits import LabelledSelection
 from mona_core.io import read_image, read_label
@@ -130,3 +131,47 @@ def _stack(
         out_images.append(image)
         out_labels.append(label)
     return torch.from_numpy(np.stack(out_images)), torch.from_numpy(np.stack(out_labels).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class DeviceSlices:
+    """The slice bank as tensors on the training device: images (N, 1, S, S) float32, labels (N, S, S) int64,
+    unlabelled (M, 1, S, S). Built once per run, so a step moves no slice between host and device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    unlabelled: torch.Tensor
+
+    @classmethod
+    def from_bank(cls, bank: SliceBank, device: torch.device) -> DeviceSlices:
+        unlabelled = bank.unlabelled if len(bank.unlabelled) else bank.images
+        return cls(
+            torch.as_tensor(bank.images, device=device),
+            torch.as_tensor(bank.labels.astype(np.int64), device=device),
+            torch.as_tensor(unlabelled, device=device),
+        )
+
+
+def sample_batch_on_device(
+    slices: DeviceSlices,
+    labelled: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    generator: torch.Generator | None,
+    augment_unlabelled: bool = True,
+) -> Batch:
+    """``sample_batch`` for a bank held on the device: the same picks from ``rng``, then the weak augmentation of
+    ``mona_core.data.gpu_augment`` (rotation, crop, flip; one resampling per slice, labels nearest) batched on the
+    device with ``generator``; ``generator=None`` means no augmentation. Unlabelled slices are augmented only with
+    ``augment_unlabelled`` (off for methods that make their own weak view)."""
+    device = slices.images.device
+    picks = torch.as_tensor(rng.integers(0, len(slices.images), size=labelled), device=device)
+    extra = torch.as_tensor(rng.integers(0, len(slices.unlabelled), size=batch_size - labelled), device=device)
+    images, labels, unlabelled = slices.images[picks], slices.labels[picks], slices.unlabelled[extra]
+    if generator is not None:
+        images, maybe_labels = weak_augment_batch(images, labels, generator)
+        assert maybe_labels is not None
+        labels = maybe_labels
+        if augment_unlabelled and len(unlabelled):
+            unlabelled = weak_augment_batch(unlabelled, None, generator)[0]
+    return Batch(images, labels, unlabelled)

@@ -25,17 +25,20 @@ from mona_core.models import UNetConfig
 from mona_core.report import save_loss_curve_png
 from mona_core.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mona_core.training.config import TrainConfig
+from mona_core.training.divergence import check_losses, check_weights, weights_due
 from mona_core.training.methods import Method, build_method
-from mona_core.training.methods.base import set_train_modes
+from mona_core.training.methods.base import Batch, load_generator_state, set_train_modes
 from mona_core.training.performance import apply_memory_format, apply_threads, build_optimizer, method_step
 from mona_core.training.progress import ProgressEvent, ProgressFn, StopFn, ignore_progress, never_stop
 from mona_core.training.schedule import step_decay_lr
 from mona_core.training.slices import (
+    DeviceSlices,
     SliceBank,
     ValCase,
     build_slice_bank,
     load_val_cases,
     sample_batch,
+    sample_batch_on_device,
 )
 from mona_core.training.validation import validate
 
@@ -52,6 +55,8 @@ class RunState:
     step: int = 0
     best: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    device_slices: DeviceSlices | None = None
+    augment_generator: torch.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class _Context:
 def _train_stage(config: TrainConfig, context: _Context, run_dir: Path, progress: ProgressFn) -> TrainResult:
     torch.manual_seed(config.seed)
     state = _new_state(config, context.data.num_classes, context.device)
+    hold_on_device(state, config, context.data.bank, context.device)
     _resume_or_start(state, config, context.data, run_dir)
     return _loop(state, config, context.data, run_dir, context.device, progress, context.should_stop)
 
@@ -178,6 +184,13 @@ def _new_state(config: TrainConfig, num_classes: int, device: torch.device) -> R
     apply_memory_format(method, config)  # before the optimiser: it holds the (restrided) parameters
     optimizer = build_optimizer(method.trainable(), config)
     return RunState(method=method, optimizer=optimizer, rng=np.random.default_rng(config.seed))
+
+
+def hold_on_device(state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device) -> None:
+    """With ``data_on_device``: the slice bank moves to ``device`` once, with its own seeded augmentation generator."""
+    if config.data_on_device:
+        state.device_slices = DeviceSlices.from_bank(bank, device)
+        state.augment_generator = torch.Generator(device=device).manual_seed(config.seed)
 
 
 def _resume_or_start(state: RunState, config: TrainConfig, data: TrainingData, run_dir: Path) -> None:
@@ -207,6 +220,7 @@ def _rng_states(state: RunState) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": cuda,
         "method": state.method.extra_state(),
+        "augment": None if state.augment_generator is None else state.augment_generator.get_state(),
     }
 
 
@@ -218,6 +232,8 @@ def _restore_rng(state: RunState, saved: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     if "method" in rng:
         state.method.load_extra_state(rng["method"])
+    if state.augment_generator is not None and rng.get("augment") is not None:
+        load_generator_state(state.augment_generator, rng["augment"])
 
 
 def _initialise_from(state: RunState, path: Path) -> None:
@@ -274,20 +290,36 @@ def _stage(config: TrainConfig) -> str:
 def _train_step(
     state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device
 ) -> tuple[dict[str, float], float]:
-    """One SGD step of the method on a sampled batch; returns the loss parts and the learning rate used."""
+    """One SGD step of the method on a sampled batch; returns the loss parts and the learning rate used.
+
+    Raises ``TrainingDiverged`` on a non-finite or exploding loss, or on non-finite weights (checked on the steps
+    that validate or save), so a diverged run fails instead of saving and publishing a broken model.
+    """
     lr = step_decay_lr(state.step, config.lr, config.lr_step, config.lr_gamma)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    augment_unlabelled = config.augment and not state.method.augments_unlabelled
-    batch = sample_batch(
-        bank, config.labelled_per_batch, config.batch_size, state.rng, config.augment, augment_unlabelled
-    ).to(device)
+    batch = _sample(state, config, bank, device)
     parts = method_step(state.method, batch, state.step, config, device)  # speed knobs: memory format, autocast
     state.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()  # type: ignore[no-untyped-call]
     state.optimizer.step()
     state.method.after_step(state.step)
-    return {name: float(value.detach()) for name, value in parts.items()}, lr
+    losses = {name: float(value.detach()) for name, value in parts.items()}
+    check_losses(losses, state.step + 1, lr, config.max_loss)
+    if weights_due(state.step + 1, config):
+        check_weights(state.method.modules(), state.step + 1, lr)
+    return losses, lr
+
+
+def _sample(state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device) -> Batch:
+    """A batch on ``device``: from the bank held there (``data_on_device``, batched torch augmentation), else
+    sampled and weak-augmented slice by slice on the host and copied over."""
+    augment_unlabelled = config.augment and not state.method.augments_unlabelled
+    labelled, size = config.labelled_per_batch, config.batch_size
+    if state.device_slices is None:
+        return sample_batch(bank, labelled, size, state.rng, config.augment, augment_unlabelled).to(device)
+    generator = state.augment_generator if config.augment else None
+    return sample_batch_on_device(state.device_slices, labelled, size, state.rng, generator, augment_unlabelled)
 
 
 def _maybe_validate(
