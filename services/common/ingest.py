@@ -91,7 +91,7 @@ def case_id_from_filename(filename: str) -> str:
 
 def check_identifier(value: str, what: str) -> str:
     """A case or patient id: 1 to 200 characters of ``A-Z a-z 0-9 _ . -``."""
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise IngestError(f"expected a {what} of 1 to 200 characters A-Z a-z 0-9 _ . -, got {value!r}")
     return value
 

@@ -153,7 +153,9 @@ def test_dataset_must_exist_and_hold_a_labelled_case(api: TestClient, service_se
     response = api.post("/v1/jobs", json=job_body(unlabelled))
     assert response.status_code == 422 and "at least one labelled case" in response.json()["detail"]
     many = insert_dataset(service_settings, labelled=1)
-    assert api.post("/v1/jobs", json=job_body(many, labelled_patients=50)).status_code == 202
+    assert api.post("/v1/jobs", json=job_body(many, labelled_patients=1)).status_code == 202
+    too_many = api.post("/v1/jobs", json=job_body(many, labelled_patients=50))
+    assert too_many.status_code == 422 and "labelled_patients" in too_many.json()["detail"]
 
 
 def test_broker_down_marks_the_job_failed_and_answers_503(

@@ -336,3 +336,26 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(
     for key, bank in straight["rng"]["method"].items():
         if isinstance(bank, dict):
             assert torch.equal(bank["storage"], resumed["rng"]["method"][key]["storage"]), key
+
+
+def test_both_glcon_instance_terms_train_the_student() -> None:
+    """Guards: a GLCon instance term detached or dropped (it would then train nothing)."""
+    torch.manual_seed(0)
+    method = build_method(SMALL.with_overrides(method="pretrain", rampup_fraction=0.0), UNetConfig(), CPU)
+    assert isinstance(method, GLCon)
+    set_train_modes(method.modules())
+    optimizer = torch.optim.SGD(method.trainable(), lr=0.01, momentum=0.9)
+    for step in range(3):  # the memories fill, the teacher takes the student's statistics
+        optimizer.zero_grad()
+        method.step(_batch(step), step)["loss"].backward()
+        optimizer.step()
+        method.after_step(step)
+    parts = method.step(_batch(3), 3)
+    encoder = list(method.model.down.parameters())
+    for term, head in (
+        ("loss_inst_global", method.heads.predictor),
+        ("loss_inst_local", method.heads.local_projection),
+    ):
+        assert parts[term].item() > 1e-4, term
+        assert _norm(_grads(parts[term], list(head.parameters()))) > 0.0, term
+        assert _norm(_grads(parts[term], encoder)) > 0.0, term

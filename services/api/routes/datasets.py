@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mona_core.data.dataset import DatasetError
 from services.api.deps import SessionDep, SettingsDep, StoreDep
-from services.api.schemas.datasets import ArchivePublic, CasePublic, DatasetCreate, DatasetPublic
+from services.api.schemas.datasets import ArchivePublic, CasePublic, DatasetCreate, DatasetPublic, check_plain_text
 from services.api.uploads import Received, UploadSpec, receive_multipart
 from services.common import ingest
 from services.common.archives import ArchiveError, ArchiveLimits, archive_suffix, extract_archive
@@ -176,11 +176,21 @@ def _ingest_case(
     image = received.files.get("image")
     if image is None:
         raise ingest.IngestError("expected an 'image' file part, got none")
+    _check_form_fields(received.fields)
     label = received.files.get("label")
     label_pair = (label.path, label.filename) if label else None
     staged = ingest.staged_case((image.path, image.filename), label_pair, received.fields)
     checked = ingest.check_case(staged, len(dataset.classes), settings.max_voxels)
     return ingest.store_cases(session, store, dataset.id, [checked])[0]
+
+
+def _check_form_fields(fields: dict[str, str]) -> None:
+    """Text form fields (``case_id``, ``patient_id``, ``split``) without NUL or control characters (422)."""
+    for name, value in fields.items():
+        try:
+            check_plain_text(value, name)
+        except ValueError as exc:
+            raise ingest.IngestError(str(exc)) from exc
 
 
 @router.post(

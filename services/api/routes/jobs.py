@@ -6,6 +6,7 @@ The API only writes a job's request and its cancel flag; the worker owns every p
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, cast
@@ -29,6 +30,7 @@ router = APIRouter(tags=["jobs"])
 
 KINDS: Final = (*METHODS, "study")
 _TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_INT64: Final = 2**63
 
 
 def _unprocessable(message: str) -> HTTPException:
@@ -36,13 +38,35 @@ def _unprocessable(message: str) -> HTTPException:
 
 
 def _check_types(config: dict[str, Any]) -> None:
-    """Reject JSON values of the wrong type (``"iterations": "10"``, ``"size": 1.5``, ``"seed": true``)."""
+    """Reject JSON values of the wrong type (``"iterations": "10"``, ``"size": 1.5``, ``"seed": true``), numbers
+    that are not finite (JSON's NaN and Infinity arrive as floats) and integers beyond int64, naming the field.
+
+    Ranges are ``TrainConfig``'s and ``StudyConfig``'s (``mona_core.training.config.LIMITS``)."""
     annotations = {field.name: str(field.type) for field in fields(TrainConfig)}
     for name, value in config.items():
-        allowed = _TYPES.get(annotations.get(name, ""))
-        wrong_bool = isinstance(value, bool) and bool not in (allowed or ())
-        if allowed is not None and (wrong_bool or not isinstance(value, allowed)):
-            raise _unprocessable(f"expected {name} to be {annotations[name]}, got {type(value).__name__} {value!r}")
+        _check_numbers(name, value)
+        annotation = annotations.get(name, "")
+        allowed = _TYPES.get(annotation.removesuffix(" | None"))
+        if allowed is None or (value is None and annotation.endswith(" | None")):
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if wrong_bool or not isinstance(value, allowed):
+            raise _unprocessable(f"expected {name} to be {annotation}, got {type(value).__name__} {value!r}")
+
+
+def _check_numbers(name: str, value: Any) -> None:
+    """Every number in a config value (inside lists and objects too): finite, and an integer within int64."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise _unprocessable(f"expected {name} to be a finite number, got {item}")
+        elif isinstance(item, int) and not -_INT64 <= item < _INT64:
+            raise _unprocessable(f"expected {name} to be an integer within int64 (|n| < 2^63), got {item}")
 
 
 def validate_request(body: JobCreate) -> TrainConfig | StudyConfig:
@@ -73,14 +97,22 @@ def _study_request(body: JobCreate) -> StudyConfig:
     return StudyConfig.from_request({**body.config, "device": body.device})
 
 
-def _check_dataset(session: Session, dataset_id: str) -> Dataset:
-    """The dataset (404 if unknown), which must hold a labelled case (422); the worker picks the patients."""
+def _check_dataset(session: Session, dataset_id: str, labelled_patients: int | None) -> Dataset:
+    """The dataset (404 if unknown), which must hold a labelled case and at least ``labelled_patients`` patients
+    with labelled cases (422); the worker picks the patients (among the fully labelled training patients)."""
     dataset = get_or_404(session, Dataset, dataset_id, "dataset")
-    labelled = session.scalar(
-        select(func.count()).select_from(Case).where(Case.dataset_id == dataset.id, Case.label_key.is_not(None))
+    patients = session.scalar(
+        select(func.count(func.distinct(Case.patient_id))).where(
+            Case.dataset_id == dataset.id, Case.label_key.is_not(None)
+        )
     )
-    if not labelled:
+    if not patients:
         raise _unprocessable(f"expected a dataset with at least one labelled case, got none in dataset {dataset.id}")
+    if labelled_patients is not None and labelled_patients > patients:
+        raise _unprocessable(
+            f"expected labelled_patients <= {patients} (the patients with labelled cases in dataset {dataset.id}), "
+            f"got {labelled_patients}"
+        )
     return dataset
 
 
@@ -88,7 +120,7 @@ def _check_dataset(session: Session, dataset_id: str) -> Dataset:
 def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: CeleryDep) -> JobPublic:
     """Queue a training job; 503 (and the job marked failed) when the task broker cannot be reached."""
     config = validate_request(body)
-    dataset = _check_dataset(session, body.dataset_id)
+    dataset = _check_dataset(session, body.dataset_id, body.labelled_patients)
     if body.from_job_id is not None and isinstance(config, TrainConfig):
         config = replace(config, init_from=str(_pretrained_checkpoint(session, store, body.from_job_id)))
     job = TrainingJob(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_CLASSES = 256  # labels are stored as uint8: values 0..255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_plain_text(value: str, what: str) -> str:
+    """``value`` when it has no NUL or other control character (Postgres refuses NUL in text; the others hide in
+    logs, file names and the console); else ValueError naming ``what``."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(f"expected {what} without control characters, got {found.group()!r} at {found.start()}")
+    return value
 
 
 class DatasetCreate(BaseModel):
@@ -19,9 +30,16 @@ class DatasetCreate(BaseModel):
     preset: Literal["mri", "ct"] = "mri"
     classes: list[str] = Field(min_length=2, max_length=MAX_CLASSES, examples=[["background", "RV", "Myo", "LV"]])
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        return check_plain_text(name, "a dataset name")
+
     @field_validator("classes")
     @classmethod
     def _check_classes(cls, classes: list[str]) -> list[str]:
+        for number, name in enumerate(classes):
+            check_plain_text(name, f"classes[{number}]")
         if classes[0] != "background":
             raise ValueError(f"expected classes[0] to be 'background', got {classes[0]!r}")
         bad = [name for name in classes if not 1 <= len(name.strip()) <= 100 or name != name.strip()]
