@@ -164,5 +164,14 @@ def fail_stale(session: Session, job_id: str, stale_seconds: float, error: str) 
     return failed
 
 
+def waiting_jobs(session: Session, older_than_s: float) -> list[str]:
+    """Ids of jobs queued (never claimed, or requeued) and created more than ``older_than_s`` seconds ago."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    statement = select(TrainingJob.id).where(
+        TrainingJob.status == JobStatus.QUEUED.value, TrainingJob.created_at < cutoff
+    )
+    return list(session.scalars(statement.order_by(TrainingJob.created_at)))
+
+
 def job_logs(session: Session, job_id: str) -> Sequence[JobLog]:
     return session.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id)).all()

@@ -78,6 +78,15 @@ def stale_running_reports(session: Session, stale_seconds: float) -> list[StaleR
     return [StaleReport(row[0], row[1], as_utc(row[2])) for row in rows]
 
 
+def waiting_reports(session: Session, older_than_s: float) -> list[str]:
+    """Ids of evaluations queued (never claimed, or requeued) and created more than ``older_than_s`` seconds ago."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    statement = select(Report.id).where(
+        Report.source == EVALUATION, Report.status == JobStatus.QUEUED.value, Report.created_at < cutoff
+    )
+    return list(session.scalars(statement.order_by(Report.created_at)))
+
+
 def requeue_report(session: Session, report_id: str, stale_seconds: float) -> bool:
     """Put a stale evaluation back in the queue (attempts kept); False when it is no longer stale."""
     statement = (

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     worker_queues: str = Field(default="gpu,cpu", alias="MONA_WORKER_QUEUES")
     stale_job_seconds: float = Field(default=120.0, alias="MONA_STALE_JOB_SECONDS")
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, alias="MONA_VISIBILITY_TIMEOUT_S")
+    requeue_queued_seconds: float = Field(default=300.0, gt=0, alias="MONA_REQUEUE_QUEUED_SECONDS")
+    db_connect_timeout_s: int = Field(default=5, ge=2, alias="MONA_DB_CONNECT_TIMEOUT_S")
+    db_statement_timeout_s: float = Field(default=60.0, ge=0, alias="MONA_DB_STATEMENT_TIMEOUT_S")
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, alias="MONA_DB_POOL_TIMEOUT_S")
+    ready_timeout_s: float = Field(default=3.0, gt=0, alias="MONA_READY_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="MONA_LOG_LEVEL")
 
     @property

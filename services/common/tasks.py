@@ -5,7 +5,7 @@ The API sends tasks by name with this light app; it never imports the worker's t
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from celery import Celery
 
@@ -16,6 +16,9 @@ EVALUATE_TASK: Final = "mona.evaluate"
 RECOVER_TASK: Final = "mona.recover"
 QUEUE_GPU: Final = "gpu"
 QUEUE_CPU: Final = "cpu"
+REDIS_PRIORITY_SEP: Final = "\x06\x16"
+REDIS_PRIORITIES: Final = (3, 6, 9)
+"""Kombu's Redis transport keeps priority ``p > 0`` messages of queue ``q`` under ``q + SEP + p``."""
 ROUTES: Final = {TRAIN_TASK: QUEUE_GPU, EVALUATE_TASK: QUEUE_GPU, RECOVER_TASK: QUEUE_CPU}
 
 
@@ -55,3 +58,28 @@ def send_train(app: Celery, job_id: str) -> None:
 
 def send_evaluate(app: Celery, report_id: str) -> None:
     app.send_task(EVALUATE_TASK, args=[report_id])
+
+
+def messages_on_broker(app: Celery, settings: Settings) -> str | None:
+    """The raw text of every job message waiting on the broker or delivered but not acknowledged, or None when
+    this transport cannot be read. A message's headers carry its arguments (``argsrepr``), so a job id found in
+    the text means the job's message still exists."""
+    if settings.embedded_broker:
+        folder = settings.broker_folder / "queue"
+        return "\n".join(path.read_text(errors="replace") for path in sorted(folder.glob("*")) if path.is_file())
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    with app.connection_for_write() as connection:
+        return _redis_messages(connection.default_channel)
+
+
+def _redis_messages(channel: Any) -> str:
+    client = channel.client
+    keys = [f"{queue}{REDIS_PRIORITY_SEP}{p}" for queue in (QUEUE_GPU, QUEUE_CPU) for p in REDIS_PRIORITIES]
+    with client.pipeline(transaction=True) as pipe:
+        for key in [QUEUE_GPU, QUEUE_CPU, *keys]:
+            pipe.lrange(key, 0, -1)
+        pipe.hvals(getattr(channel, "unacked_key", "unacked"))
+        found = pipe.execute()
+    raw = [item for items in found for item in items]
+    return "\n".join(item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in raw)

@@ -9,6 +9,12 @@ from the job's ``last.pt``. Each worker main process runs recovery once when it 
 ``max(5, stale_job_seconds / 2)`` seconds (``RecoveryLoop``); the ``mona.recover`` task runs one pass on demand.
 A job that lost its worker ``MAX_ATTEMPTS`` times is failed instead of retried forever. Evaluation reports follow the
 same rules (``recover_stale_reports``; their lease is ``services.worker.evaluation.ReportLease``).
+
+A *queued* job or evaluation can lose its message instead (Redis restarted without persistence, flushed, failed
+over): nothing would ever claim it. ``recover_lost_messages`` re-sends every one queued for longer than
+``requeue_queued_seconds`` whose id appears in no message waiting on the broker or delivered but unacknowledged.
+A duplicate is harmless: the claim is one conditional ``UPDATE`` (queued, or running with a stale heartbeat), so
+the second delivery finds the job running or finished and does nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,12 +32,26 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from services.common.db import make_engine, session_scope
-from services.common.jobs import StaleJob, append_log, fail_stale, heartbeat, is_cancel_requested, requeue
+from services.common.db import DbTimeouts, make_engine, session_scope
+from services.common.jobs import (
+    StaleJob,
+    append_log,
+    fail_stale,
+    heartbeat,
+    is_cancel_requested,
+    requeue,
+    waiting_jobs,
+)
 from services.common.jobs import stale_running_jobs as find_stale
-from services.common.reports import beat_report, fail_stale_report, requeue_report, stale_running_reports
+from services.common.reports import (
+    beat_report,
+    fail_stale_report,
+    requeue_report,
+    stale_running_reports,
+    waiting_reports,
+)
 from services.common.settings import Settings
-from services.common.tasks import make_celery, send_evaluate, send_train
+from services.common.tasks import make_celery, messages_on_broker, send_evaluate, send_train
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +59,16 @@ MAX_ATTEMPTS = 3
 """A job whose worker was lost this many times is failed, not requeued (it may be what kills the worker)."""
 
 Sender = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """How recovery reaches the broker: re-send a training job, re-send an evaluation, read the pending messages
+    (their raw text, or None when the transport cannot be read)."""
+
+    train: Sender
+    evaluate: Sender
+    pending: Callable[[], str | None]
 
 
 def lease_interval(stale_seconds: float) -> float:
@@ -133,7 +164,7 @@ def recover_stale_jobs(settings: Settings, send: Sender | None = None, engine: E
         stale = find_stale(session, settings.stale_job_seconds)
     requeued = [job.id for job in stale if _requeue_one(settings, job, engine)]
     if requeued:
-        sender = send or _celery_senders(settings)[0]
+        sender = send or _dispatch(settings).train
         for job_id in requeued:
             sender(job_id)
         logger.info("requeued %d job(s) after a lost worker: %s", len(requeued), requeued)
@@ -174,10 +205,50 @@ def recover_stale_reports(settings: Settings, send: Sender, engine: Engine | Non
     return requeued
 
 
-def _celery_senders(settings: Settings) -> tuple[Sender, Sender]:
-    """Re-send a training job, re-send an evaluation: one Celery app for both."""
+def recover_lost_messages(
+    settings: Settings, dispatch: Dispatch | None = None, engine: Engine | None = None
+) -> list[str]:
+    """Re-send every job and evaluation queued for over ``requeue_queued_seconds`` whose message the broker no
+    longer holds; returns the ids sent again. A broker that cannot be read (neither Redis nor the embedded one)
+    gets nothing: re-sending blindly would add a copy per pass to every job waiting behind a long one."""
+    with _session(settings, engine) as session:
+        jobs = waiting_jobs(session, settings.requeue_queued_seconds)
+        reports = waiting_reports(session, settings.requeue_queued_seconds)
+    if not jobs and not reports:
+        return []
+    dispatch = dispatch or _dispatch(settings)
+    pending = dispatch.pending()
+    if pending is None:
+        logger.warning("%d queued job(s)/evaluation(s) wait long, but this broker cannot be read", len(jobs + reports))
+        return []
+    lost_jobs = [job_id for job_id in jobs if job_id not in pending]
+    lost_reports = [report_id for report_id in reports if report_id not in pending]
+    for job_id in lost_jobs:
+        dispatch.train(job_id)
+        _note_resent(settings, engine, job_id)
+    for report_id in lost_reports:
+        dispatch.evaluate(report_id)
+    if lost_jobs or lost_reports:
+        logger.warning(
+            "re-sent %d job(s) and %d evaluation(s) whose message was lost", len(lost_jobs), len(lost_reports)
+        )
+    return lost_jobs + lost_reports
+
+
+def _note_resent(settings: Settings, engine: Engine | None, job_id: str) -> None:
+    wait = settings.requeue_queued_seconds
+    with _session(settings, engine) as session:
+        append_log(session, job_id, f"re-sent: queued for over {wait:.0f} s with no message on the broker", "WARNING")
+
+
+def _dispatch(settings: Settings) -> Dispatch:
+    """One Celery app for re-sending training jobs and evaluations and for reading the broker's messages."""
     app = make_celery(settings, name="mona-recovery")
-    return (lambda job_id: send_train(app, job_id)), (lambda report_id: send_evaluate(app, report_id))
+    return Dispatch(
+        train=lambda job_id: send_train(app, job_id),
+        evaluate=lambda report_id: send_evaluate(app, report_id),
+        pending=lambda: messages_on_broker(app, settings),
+    )
 
 
 class RecoveryLoop:
@@ -190,8 +261,8 @@ class RecoveryLoop:
     def __init__(self, settings: Settings, interval: float | None = None) -> None:
         self.settings = settings
         self.interval = interval if interval is not None else recovery_interval(settings.stale_job_seconds)
-        self._engine = make_engine(settings.sqlalchemy_url)
-        self._senders: tuple[Sender, Sender] | None = None
+        self._engine = make_engine(settings.sqlalchemy_url, DbTimeouts.from_settings(settings))
+        self._dispatch: Dispatch | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mona-recovery", daemon=True)
 
@@ -209,11 +280,12 @@ class RecoveryLoop:
             self.run_once()
 
     def run_once(self) -> list[str]:
-        """One pass over training jobs and evaluation reports; returns the ids sent again."""
+        """One pass over training jobs and evaluation reports (stale, then lost messages); returns the ids sent."""
         try:
-            self._senders = self._senders or _celery_senders(self.settings)
-            jobs = recover_stale_jobs(self.settings, self._senders[0], self._engine)
-            return jobs + recover_stale_reports(self.settings, self._senders[1], self._engine)
+            dispatch = self._dispatch = self._dispatch or _dispatch(self.settings)
+            jobs = recover_stale_jobs(self.settings, dispatch.train, self._engine)
+            reports = recover_stale_reports(self.settings, dispatch.evaluate, self._engine)
+            return jobs + reports + recover_lost_messages(self.settings, dispatch, self._engine)
         except Exception:
             logger.exception("recovery pass failed (retrying in %.0f s)", self.interval)
             return []

@@ -12,7 +12,7 @@ from services.common.settings import get_settings
 from services.common.tasks import EVALUATE_TASK, RECOVER_TASK, TRAIN_TASK
 from services.worker.app import app
 from services.worker.evaluation import run_evaluation
-from services.worker.recovery import recover_stale_jobs
+from services.worker.recovery import recover_lost_messages, recover_stale_jobs
 from services.worker.training import run_training_job
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,10 @@ def evaluate_report(report_id: str) -> str:
 
 
 def recover() -> list[str]:
-    """``mona.recover``: requeue running jobs whose worker stopped beating; returns their ids."""
-    return recover_stale_jobs(get_settings())
+    """``mona.recover``: requeue running jobs whose worker stopped beating, re-send queued jobs whose message was
+    lost; returns their ids."""
+    settings = get_settings()
+    return recover_stale_jobs(settings) + recover_lost_messages(settings)
 
 
 train_task = app.task(name=TRAIN_TASK)(train_job)

@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -57,6 +58,8 @@ TRAIN_SHARE: Final = 0.95
 REAL_SLICES: Final = 8
 SKIPPED: Final = "skipped"
 LOST: Final = "lost"
+MAX_BUFFERED_METRICS: Final = 100_000
+"""Metric rows kept in memory while the database is unreachable (the oldest are dropped past it, with a warning)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ def _run_claimed(settings: Settings, store: ArtifactStore, job_id: str, me: str,
     _note_resume(settings, job_id, me, run_dir)
     writer = ProgressWriter(settings.sqlalchemy_url, job_id, me, spec.attempt)
     result = train(config, index, selection, run_dir, progress=writer, should_stop=lease.should_stop)
+    if not writer.flush():
+        logger.warning("training job %s: %d metric rows still unwritten after training", job_id, writer.buffered)
     if result.stopped:
         return _stopped(settings, job_id, me, lease, step=result.steps)
     _log(settings, job_id, f"training done at step {result.steps} (best {result.best})")
@@ -220,29 +225,69 @@ def _log(settings: Settings, job_id: str, message: str, level: str = "INFO") -> 
 class ProgressWriter:
     """``train``'s progress hook: a ``JobMetric`` row per event; the job row at most once per ``min_interval``.
 
-    Validation events and the last step are always written to the job row. A database error is logged and the
-    run goes on (a lasting outage stops the heartbeat, and the lease then stops the run).
+    Validation events and the last step are always written to the job row. While the database is unreachable
+    the metric rows wait in memory (up to ``max_buffered``, oldest dropped first) and go in with the next write
+    that succeeds, in the same transaction, so each step is stored once. The run goes on meanwhile (a lasting
+    outage stops the heartbeat, and the lease then stops the run).
     """
 
-    def __init__(self, url: str, job_id: str, worker: str, attempt: int, min_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        job_id: str,
+        worker: str,
+        attempt: int,
+        min_interval: float = 1.0,
+        max_buffered: int = MAX_BUFFERED_METRICS,
+    ) -> None:
         self.url, self.job_id, self.worker, self.attempt = url, job_id, worker, attempt
         self.min_interval = min_interval
         self._last_write = -math.inf
+        self._pending: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max_buffered)
+        self._dropped = 0
+
+    @property
+    def buffered(self) -> int:
+        """Metric rows waiting for the database."""
+        return len(self._pending)
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
         due = now - self._last_write >= self.min_interval or event.val_dice is not None or event.step >= event.total
         losses = {name: _finite(value) for name, value in event.losses.items()}
+        self._buffer(event.step, self._metric(event, losses))
+        if self._write(_status(event, losses) if due else None) and due:
+            self._last_write = now
+
+    def flush(self) -> bool:
+        """Write the buffered metric rows now; True when none are left waiting."""
+        return self._write(None)
+
+    def _buffer(self, step: int, metric: dict[str, Any]) -> None:
+        if len(self._pending) == self._pending.maxlen:
+            self._dropped += 1
+            logger.warning(
+                "progress buffer of job %s is full: dropped the oldest row (%d so far)", self.job_id, self._dropped
+            )
+        self._pending.append((step, metric))
+
+    def _write(self, status: dict[str, Any] | None) -> bool:
+        """One transaction: every buffered metric row, then ``status`` on the job row; False (rows kept) on error."""
+        rows = list(self._pending)
         try:
             with session_scope(self.url) as session:
-                add_metric(session, self.job_id, event.step, self._metric(event, losses))
-                if due:
-                    record_progress(session, self.job_id, self.worker, _status(event, losses))
+                for step, metric in rows:
+                    add_metric(session, self.job_id, step, metric)
+                if status is not None:
+                    record_progress(session, self.job_id, self.worker, status)
         except SQLAlchemyError as exc:
-            logger.warning("progress of job %s at step %d not recorded: %s", self.job_id, event.step, exc)
-            return
-        if due:
-            self._last_write = now
+            logger.warning("progress of job %s not recorded yet (%d rows buffered): %s", self.job_id, len(rows), exc)
+            return False
+        for _ in rows:
+            self._pending.popleft()
+        if len(rows) > 1:
+            logger.info("progress of job %s: wrote %d buffered metric rows", self.job_id, len(rows))
+        return True
 
     def _metric(self, event: ProgressEvent, losses: dict[str, float | None]) -> dict[str, Any]:
         metric = {"step": event.step, **losses, "lr": event.lr, "attempt": self.attempt}

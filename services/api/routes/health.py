@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import text
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 
-from services.api.deps import SessionDep
+from services.api.deps import SettingsDep
+from services.common.probes import check_parts, ping_broker, ping_database
 
 router = APIRouter(tags=["health"])
 
@@ -15,10 +16,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(session: SessionDep) -> dict[str, str]:
-    try:
-        session.execute(text("SELECT 1"))
-    except Exception as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"expected a reachable database, got {exc}") from exc
-    return {"status": "ready"}
+@router.get("/readyz", response_model=None)
+def readyz(settings: SettingsDep) -> dict[str, object] | JSONResponse:
+    """200 when the database and the task broker both answer within ``MONA_READY_TIMEOUT_S``, else 503.
+
+    The answer names the parts and their state (``ok``, ``unavailable``, ``timed out``), never a host or URL.
+    """
+    timeout = settings.ready_timeout_s
+    checks = check_parts(
+        {"database": lambda: ping_database(settings, timeout), "broker": lambda: ping_broker(settings, timeout)},
+        timeout,
+    )
+    if all(state == "ok" for state in checks.values()):
+        return {"status": "ready", "checks": checks}
+    down = ", ".join(f"{name} {state}" for name, state in checks.items() if state != "ok")
+    detail = f"expected a reachable database and task broker, got {down}"
+    return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": detail, "checks": checks})

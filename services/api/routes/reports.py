@@ -62,7 +62,8 @@ def send_or_fail(session: Session, row: TrainingJob | Report, send: Callable[[],
         row.error = f"expected a reachable task broker, got {type(exc).__name__}: {exc}"
         row.finished_at = utcnow()
         session.commit()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, row.error) from exc
+        detail = f"expected a reachable task broker, got {type(exc).__name__} ({type(row).__name__} {row.id} failed)"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail) from exc
 
 
 def report_public(request: Request, session: Session, report: Report) -> ReportPublic:
