@@ -2,11 +2,13 @@
 
 The same code as the containerised deployment: the API is the FastAPI app under uvicorn, the worker is a real
 ``mona worker`` process; only ``DATABASE_URL`` and ``BROKER_URL`` differ (both default to the embedded ones, and
-both can still be pointed at Postgres / Redis).
+both can still be pointed at Postgres / Redis). ``serve`` supervises its worker (``WorkerSupervisor``): a dead
+worker is restarted with a back-off, and the worker dies with ``serve``, even when ``serve`` is SIGKILLed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -15,8 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import uvicorn
@@ -25,6 +27,7 @@ from services.api.main import create_app
 from services.common.auth import generate_key
 from services.common.migrate import upgrade_head
 from services.common.settings import Settings
+from services.worker.lock import LOCKED_EXIT, WorkerLocked, acquire_worker_lock
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +57,117 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+_LIBC = _load_libc()  # loaded here: a forked child must not dlopen while another thread may hold the loader lock
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: on Linux, the child gets SIGKILL when the thread that started it (or ``serve``) dies."""
+
+    def prepare() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return prepare
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the child's process group (the worker and its pool processes); quiet when it is already gone."""
+    with suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+class WorkerSupervisor:
+    """Keeps one ``mona worker`` child (its own process group, log in the data dir) alive until ``stop``.
+
+    A worker that dies is restarted after a back-off (``backoff[0]`` s, doubling up to ``backoff[1]`` s while it
+    keeps dying within a minute); each death is logged. The child is started by the supervisor thread with
+    ``PR_SET_PDEATHSIG``, so it is killed with ``serve`` even when ``serve`` gets SIGKILL.
+    """
+
+    def __init__(self, settings: Settings, backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+        self.settings, self.backoff = settings, backoff
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stop, self._started = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mona-worker-supervisor", daemon=True)
+
+    def start(self) -> WorkerSupervisor:
+        self._thread.start()
+        self._started.wait(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "mona_core", "worker", "--queues", "gpu,cpu", "--concurrency", "1"]
+        with (self.settings.data_dir / "worker.log").open("ab") as log:
+            return subprocess.Popen(
+                command,
+                env=worker_environment(self.settings),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        while not self._stop.is_set():
+            started = time.monotonic()
+            ended = self._run_child()
+            if self._stop.is_set():
+                break
+            delay = self.backoff[0] if time.monotonic() - started > 60 else delay
+            logger.warning("worker %s; restarting in %.0f s (restart %d)", ended, delay, self.restarts + 1)
+            self.restarts += 1
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self.backoff[1])
+        self._terminate()
+
+    def _run_child(self) -> str:
+        """Start a worker and wait until it exits or ``stop``; returns how it ended, for the log."""
+        try:
+            process = self.process = self._spawn()
+        except OSError as exc:
+            return f"could not start ({exc})"
+        finally:
+            self._started.set()
+        while process.poll() is None and not self._stop.wait(0.5):
+            pass
+        if process.returncode is not None:
+            _kill_group(process.pid, signal.SIGKILL)  # pool processes left by a killed main process
+        return f"pid {process.pid} exited with status {process.returncode}"
+
+    def _terminate(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        _kill_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
 @contextmanager
-def running_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``mona worker`` child process (its own process group) for the lifetime of the block; log in the data dir."""
-    log = (settings.data_dir / "worker.log").open("ab")
-    command = [sys.executable, "-m", "mona_core", "worker", "--queues", "gpu,cpu", "--concurrency", "1"]
-    process = subprocess.Popen(
-        command, env=worker_environment(settings), stdout=log, stderr=log, start_new_session=True
-    )
+def running_worker(settings: Settings) -> Iterator[WorkerSupervisor]:
+    """A supervised ``mona worker`` child for the lifetime of the block."""
+    supervisor = WorkerSupervisor(settings).start()
     try:
-        yield process
+        yield supervisor
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        supervisor.stop()
 
 
 @contextmanager
@@ -96,6 +192,12 @@ def serve(host: str, port: int, data_dir: Path | None, api_key: str | None, demo
     """Run API + worker until interrupted (or, with ``demo``, run the REST demo against them and stop)."""
     settings, generated = embedded_settings(data_dir, api_key)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.embedded_broker:
+        try:
+            acquire_worker_lock(settings.data_dir).close()  # refuse early: another worker runs on this data dir
+        except WorkerLocked as exc:
+            logger.error("refusing to start: %s", exc)
+            return LOCKED_EXIT
     upgrade_head(settings.sqlalchemy_url)
     url = f"http://{host}:{port}"
     with running_worker(settings), running_api(settings, host, port):

@@ -20,6 +20,7 @@ import numpy as np
 from mona_core.io.errors import NiftiError, VolumeTooLarge
 
 _FLOAT_CODES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64 voxels
+_COMPLEX_CODES = {32: "complex64", 1792: "complex128", 2048: "complex256"}
 _CHUNK = 1 << 22
 TRAILING_SLACK = 1 << 20
 """Bytes tolerated after the declared voxel data (extensions, padding) before the file counts as a bomb."""
@@ -36,6 +37,7 @@ class _Header(NamedTuple):
     bitpix: int
     code: int
     offset: int
+    spacing: tuple[float, ...]
 
 
 def _dims_product(dims: tuple[int, ...], name: str) -> int:
@@ -48,6 +50,23 @@ def _dims_product(dims: tuple[int, ...], name: str) -> int:
     return int(np.prod(extents, dtype=np.int64))
 
 
+def _spatial(dims: tuple[int, ...], pixdim: tuple[float, ...]) -> tuple[float, ...]:
+    """The voxel spacing of the spatial axes the header declares (at most three)."""
+    return tuple(float(v) for v in pixdim[1 : 1 + min(max(dims[0], 1), 3)])
+
+
+def _check_header(header: _Header, name: str) -> None:
+    """Refuse complex voxels and a spacing that is zero, negative or not finite (ITK would read 1.0 silently)."""
+    if header.code in _COMPLEX_CODES:
+        kind = _COMPLEX_CODES[header.code]
+        raise NiftiError(
+            f"expected real-valued voxels, got complex ones ({kind}, NIfTI datatype {header.code}) in {name}"
+        )
+    if not all(np.isfinite(v) and v > 0 for v in header.spacing):
+        spacing = ", ".join(repr(v) for v in header.spacing)
+        raise NiftiError(f"expected a positive, finite voxel spacing (pixdim), got ({spacing}) in {name}")
+
+
 def _parse_header(head: bytes, name: str) -> _Header:
     """Byte order, voxel count, bits per voxel, datatype code and voxel offset of a NIfTI-1 or NIfTI-2 header."""
     orders: tuple[Literal["<", ">"], ...] = ("<", ">")
@@ -57,17 +76,20 @@ def _parse_header(head: bytes, name: str) -> _Header:
             dims = struct.unpack(f"{order}8h", head[40:56])
             code, bitpix = struct.unpack(f"{order}2h", head[70:74])
             offset = int(struct.unpack(f"{order}f", head[108:112])[0])
-            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 348))
+            pixdim = struct.unpack(f"{order}8f", head[76:108])
+            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 348), _spatial(dims, pixdim))
         if size == 540 and len(head) >= 540:
             code, bitpix = struct.unpack(f"{order}2h", head[12:16])
             dims = struct.unpack(f"{order}8q", head[16:80])
             offset = int(struct.unpack(f"{order}q", head[168:176])[0])
-            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 540))
+            pixdim = struct.unpack(f"{order}8d", head[104:168])
+            return _Header(order, _dims_product(dims, name), bitpix, code, max(offset, 540), _spatial(dims, pixdim))
     raise NiftiError(f"expected a NIfTI-1 or NIfTI-2 header, got none in {name}")
 
 
 def check_payload(path: Path, max_voxels: int | None = None) -> None:
-    """Raise ``NiftiError`` for a broken gzip stream, missing or excess voxel bytes, or NaN / infinite float voxels;
+    """Raise ``NiftiError`` for a broken gzip stream, complex voxels, a zero, negative or non-finite spacing, missing
+    or excess voxel bytes, or NaN / infinite float voxels;
     ``VolumeTooLarge`` when the header announces more than ``max_voxels`` voxels."""
     try:
         if path.name.lower().endswith(".gz"):
@@ -77,11 +99,12 @@ def check_payload(path: Path, max_voxels: int | None = None) -> None:
             with path.open("rb") as stream:
                 _scan(stream, path.name, max_voxels)
     except (OSError, EOFError, zlib.error) as exc:
-        raise NiftiError(f"expected a complete NIfTI file, got a broken one ({exc})") from exc
+        raise NiftiError(f"expected a complete NIfTI file, got a broken one ({exc}) in {path.name}") from exc
 
 
 def _scan(stream: _Stream, name: str, max_voxels: int | None) -> None:
     header = _parse_header(stream.read(540), name)
+    _check_header(header, name)
     if not 1 <= header.bitpix <= 128:
         raise NiftiError(f"expected 1 to 128 bits per voxel in the NIfTI header, got {header.bitpix} in {name}")
     if max_voxels is not None and header.voxels > max_voxels:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from services.api.deps import require_api_key
 from services.api.errors import install_error_handlers
 from services.api.routes import datasets, health, jobs, models, reports
+from services.api.staging import sweep_once, sweep_periodically
 from services.common.auth import ensure_key
 from services.common.db import session_scope
 from services.common.migrate import upgrade_head
@@ -31,7 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.api_key:
             with session_scope(settings.sqlalchemy_url) as session:
                 ensure_key(session, settings.api_key)
+        sweep_once(app.state.store, settings.staging_max_age_s)
+        sweeper = asyncio.create_task(sweep_periodically(app.state.store, settings.staging_max_age_s))
         yield
+        sweeper.cancel()
+        with suppress(asyncio.CancelledError):
+            await sweeper
 
     app = FastAPI(title="MONA as a service", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,22 +121,30 @@ def staged_case(image: tuple[Path, str], label: tuple[Path, str] | None, fields:
 
 def check_case(case: StagedCase, num_classes: int, max_voxels: int) -> CheckedCase:
     """Validate a staged case fully (see the module docstring); raise ``NiftiError`` naming the bad file."""
-    with _naming(case.image, case.image_name, f"image of case {case.case_id!r}"):
+    with client_named(case.image, case.image_name, f"image of case {case.case_id!r}"):
         image = read_image(case.image, max_voxels=max_voxels)
     if case.label is not None:
-        with _naming(case.label, case.label_name, f"label of case {case.case_id!r}"):
+        with client_named(case.label, case.label_name, f"label of case {case.case_id!r}"):
             read_label(case.label, image.geometry, num_classes=num_classes, max_voxels=max_voxels)
     return CheckedCase(staged=case, geometry=image.geometry)
 
 
+def client_message(message: str, names: Mapping[Path, str]) -> str:
+    """``message`` with each staging path (or its bare name) replaced by the client's file name."""
+    for path, shown in names.items():
+        for staged in (str(path.resolve()), str(path), path.name):
+            message = message.replace(staged, shown or "the upload")
+    return message
+
+
 @contextmanager
-def _naming(path: Path, shown: str, what: str) -> Iterator[None]:
-    """Re-raise a ``NiftiError`` with the client's file name instead of the staging name, and which file it was."""
+def client_named(path: Path, shown: str, what: str) -> Iterator[None]:
+    """Re-raise a ``NiftiError`` with the client's file name instead of the staging path or name, and which file
+    it was; staging paths never reach the client."""
     try:
         yield
     except NiftiError as exc:
-        message = str(exc).replace(path.name, shown) if shown else str(exc)
-        raise type(exc)(f"{message} ({what})") from exc
+        raise type(exc)(f"{client_message(str(exc), {path: shown})} ({what})") from exc
 
 
 def store_cases(session: Session, store: ArtifactStore, dataset_id: str, cases: Sequence[CheckedCase]) -> list[Case]:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=10.0, gt=0, alias="MONA_DB_POOL_TIMEOUT_S")
     ready_timeout_s: float = Field(default=3.0, gt=0, alias="MONA_READY_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="MONA_LOG_LEVEL")
+    staging_max_age_s: float = Field(default=3600.0, gt=0, alias="MONA_STAGING_MAX_AGE_S")
+    retention_days: float = Field(default=7.0, gt=0, alias="MONA_RETENTION_DAYS")
 
     @property
     def artifact_root(self) -> Path:

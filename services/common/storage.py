@@ -2,8 +2,9 @@
 
 Immutable artifacts are content-addressed (``objects/ab/<sha256><suffix>``): a retried task that writes the same
 bytes lands on the same key and overwrites nothing it should not. Work in progress lives in ``tmp/`` (uploads
-being received, staging folders) and ``runs/<job id>/`` (a training job's mutable run directory). Keys and ids are
-checked against strict patterns before becoming paths, so no user-supplied name ever reaches the filesystem.
+being received, staging folders; ``sweep_staging`` removes what a killed process left there) and ``runs/<job id>/``
+(a training job's mutable run directory). Keys and ids are checked against strict patterns before becoming paths,
+so no user-supplied name ever reaches the filesystem.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +101,21 @@ class ArtifactStore:
             raise StorageError(f"expected a 32-character hex job id, got {job_id!r}")
         return self.root / "runs" / job_id
 
+    def sweep_staging(self, max_age_s: float) -> tuple[int, int]:
+        """Remove what ``tmp/`` holds that nothing touched for ``max_age_s`` seconds (uploads cut off by a killed
+        process); returns (entries removed, bytes freed). A folder counts as touched when anything inside is."""
+        cutoff, removed, freed = time.time() - max_age_s, 0, 0
+        for entry in list((self.root / "tmp").iterdir()):
+            try:
+                if _last_modified(entry) >= cutoff:
+                    continue
+                size = _size_of(entry)
+                self.discard(entry)
+            except (FileNotFoundError, StorageError):  # moved or discarded by its owner meanwhile; a link
+                continue
+            removed, freed = removed + 1, freed + size
+        return removed, freed
+
     def discard(self, *paths: Path) -> None:
         """Remove staging files or folders (only ever inside ``tmp/``)."""
         for path in paths:
@@ -109,3 +126,19 @@ class ArtifactStore:
                 shutil.rmtree(resolved, ignore_errors=True)
             else:
                 resolved.unlink(missing_ok=True)
+
+
+def _last_modified(path: Path) -> float:
+    """The newest modification time of ``path`` or, for a folder, of anything in it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for child in path.rglob("*"):
+            newest = max(newest, child.lstat().st_mtime)
+    return newest
+
+
+def _size_of(path: Path) -> int:
+    """Bytes of a file, or of the files in a folder."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(child.lstat().st_size for child in path.rglob("*") if child.is_file())

@@ -12,6 +12,7 @@ import os
 import socket
 
 from services.common.settings import Settings, get_settings
+from services.worker.lock import LOCKED_EXIT, WorkerLocked, acquire_worker_lock
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,22 @@ def worker_argv(settings: Settings, queues: str | None, concurrency: int) -> lis
 
 
 def run_worker(queues: str | None, concurrency: int) -> int:
-    """Run the worker until it is stopped; returns its exit code."""
+    """Run the worker until it is stopped; returns its exit code (``LOCKED_EXIT`` when the data directory's
+    worker lock is held by another worker on the embedded broker)."""
     settings = get_settings()
     logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        lock = acquire_worker_lock(settings.data_dir) if settings.embedded_broker else None
+    except WorkerLocked as exc:
+        logger.error("refusing to start: %s", exc)
+        return LOCKED_EXIT
     from services.worker.app import app
 
     argv = worker_argv(settings, queues, concurrency)
     logger.info("starting worker: celery %s", " ".join(argv))
-    code = app.start(argv=argv)
+    try:
+        code = app.start(argv=argv)
+    finally:
+        if lock is not None:
+            lock.close()
     return int(code or 0)

@@ -52,6 +52,7 @@ from services.common.reports import (
 )
 from services.common.settings import Settings
 from services.common.tasks import make_celery, messages_on_broker, send_evaluate, send_train
+from services.worker.retention import apply_retention
 
 logger = logging.getLogger(__name__)
 
@@ -280,12 +281,15 @@ class RecoveryLoop:
             self.run_once()
 
     def run_once(self) -> list[str]:
-        """One pass over training jobs and evaluation reports (stale, then lost messages); returns the ids sent."""
+        """One pass over training jobs and evaluation reports (stale, then lost messages), then retention
+        (``services.worker.retention``); returns the ids sent."""
         try:
             dispatch = self._dispatch = self._dispatch or _dispatch(self.settings)
             jobs = recover_stale_jobs(self.settings, dispatch.train, self._engine)
             reports = recover_stale_reports(self.settings, dispatch.evaluate, self._engine)
-            return jobs + reports + recover_lost_messages(self.settings, dispatch, self._engine)
+            sent = jobs + reports + recover_lost_messages(self.settings, dispatch, self._engine)
+            apply_retention(self.settings, self._engine)  # errors logged inside: never block recovery
+            return sent
         except Exception:
             logger.exception("recovery pass failed (retrying in %.0f s)", self.interval)
             return []

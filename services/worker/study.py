@@ -37,8 +37,10 @@ def run_study_job(
     report = run_study(study, index, run_dir, progress=writer, should_stop=lease.should_stop)
     with session_scope(settings.sqlalchemy_url) as session:
         if report is None:
+            step = session.get_one(TrainingJob, job_id).iteration
             finish_job(session, job_id, me, JobStatus.CANCELLED, stage="cancelled")
-            append_log(session, job_id, "study cancelled")
+            append_log(session, job_id, f"study cancelled at step {step} of {study.total_iterations}")
+            logger.info("study job %s cancelled at step %d", job_id, step)
             return JobStatus.CANCELLED.value
         figure = store.copy_in(run_dir / "study.png", ".png").key
         finish_job(

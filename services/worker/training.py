@@ -214,6 +214,7 @@ def _stopped(settings: Settings, job_id: str, me: str, lease: JobLease, step: in
     with session_scope(settings.sqlalchemy_url) as session:
         if finish_job(session, job_id, me, JobStatus.CANCELLED, stage="cancelled"):
             append_log(session, job_id, f"cancelled at step {step}")
+    logger.info("training job %s cancelled at step %d", job_id, step)
     return JobStatus.CANCELLED.value
 
 

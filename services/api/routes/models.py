@@ -7,6 +7,9 @@ comes back on exactly the input's grid; with a label, a DSC/ASD report and an ov
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
@@ -14,10 +17,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mona_core.io import NiftiError
 from services.api.deps import SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import api_path, get_or_404, report_public, stored_file
 from services.api.schemas.models import ModelPublic, SegmentationPublic
 from services.api.segmentation import Upload, case_id_from, receive_upload, segment_upload
+from services.common.ingest import client_message
 from services.common.models import Model, Report, Segmentation
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
@@ -78,6 +83,15 @@ def _receive(
         raise
 
 
+@contextmanager
+def _client_named(names: dict[Path, str]) -> Iterator[None]:
+    """A ``NiftiError`` names the client's files, never the staging paths they were received into."""
+    try:
+        yield
+    except NiftiError as exc:
+        raise type(exc)(client_message(str(exc), names)) from exc
+
+
 def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "").lower()
 
@@ -123,9 +137,13 @@ def segment(
     a JSON summary. With a label, a DSC/ASD report and an overlay are recorded (``X-Report-Id``)."""
     model = get_or_404(session, Model, model_id, "model")
     image_upload, label_upload = _receive(store, settings, image, label)
+    names = {image_upload.path: image.filename or ""}
+    if label_upload is not None and label is not None:
+        names[label_upload.path] = label.filename or ""
     try:
-        uploads = (image_upload, label_upload)
-        row = segment_upload(session, store, model, uploads, case_id_from(image.filename), settings.max_voxels)
+        with _client_named(names):
+            uploads = (image_upload, label_upload)
+            row = segment_upload(session, store, model, uploads, case_id_from(image.filename), settings.max_voxels)
     finally:
         store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
     session.commit()

@@ -1,0 +1,94 @@
+"""Retention: what failed or was thrown away is deleted after ``MONA_RETENTION_DAYS``, by the workers' periodic
+recovery pass (``services.worker.recovery.RecoveryLoop``).
+
+- the run directory (checkpoints, metrics) of a job that finished ``failed`` or ``cancelled`` that long ago;
+  a succeeded job's run directory is kept (a fine-tuning job may start from it);
+- an ad-hoc segmentation (``POST /v1/models/{id}/segment`` without a label, so part of no report) older than that:
+  its row and its mask, unless the same content-addressed mask is still used by another segmentation or a case.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, delete, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from services.common.models import Case, JobStatus, Segmentation, TrainingJob, utcnow
+from services.common.settings import Settings
+from services.common.storage import ArtifactStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Swept:
+    run_dirs: int = 0
+    masks: int = 0
+    bytes_freed: int = 0
+
+
+def apply_retention(settings: Settings, engine: Engine) -> Swept:
+    """One retention pass; a database or filesystem error is logged and the pass retried next time."""
+    store = ArtifactStore(settings.artifact_root)
+    cutoff = utcnow() - timedelta(days=settings.retention_days)
+    try:
+        with Session(engine) as session, session.begin():
+            runs = _expired_run_dirs(session, store, cutoff)
+            count, unused = _expired_segmentations(session, store, cutoff)
+        masks = count, _unlink(unused)  # after the commit: a failed commit leaves no row without its mask
+    except (SQLAlchemyError, OSError, StorageError) as exc:
+        logger.warning("retention pass failed (retrying later): %s", exc)
+        return Swept()
+    swept = Swept(run_dirs=runs[0], masks=masks[0], bytes_freed=runs[1] + masks[1])
+    if swept.run_dirs or swept.masks:
+        logger.info("retention: removed %s (older than %g days)", swept, settings.retention_days)
+    return swept
+
+
+def _expired_run_dirs(session: Session, store: ArtifactStore, cutoff: datetime) -> tuple[int, int]:
+    """Remove the run directories of jobs failed or cancelled before ``cutoff``; (count, bytes)."""
+    ended = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+    query = select(TrainingJob.id).where(TrainingJob.status.in_(ended), TrainingJob.finished_at < cutoff)
+    removed, freed = 0, 0
+    for job_id in session.scalars(query):
+        run_dir = store.run_dir(job_id)
+        if run_dir.is_dir():
+            freed += sum(path.stat().st_size for path in run_dir.rglob("*") if path.is_file())
+            shutil.rmtree(run_dir)
+            removed += 1
+    return removed, freed
+
+
+def _expired_segmentations(session: Session, store: ArtifactStore, cutoff: datetime) -> tuple[int, list[Path]]:
+    """Delete ad-hoc segmentations made before ``cutoff``; (count, their masks that no other row uses)."""
+    query = select(Segmentation).where(Segmentation.report_id.is_(None), Segmentation.created_at < cutoff)
+    expired = list(session.scalars(query))
+    if not expired:
+        return 0, []
+    session.execute(delete(Segmentation).where(Segmentation.id.in_([row.id for row in expired])))
+    unused = []
+    for key in sorted({row.mask_key for row in expired}):
+        used = (
+            select(Segmentation.id)
+            .where(Segmentation.mask_key == key)
+            .union_all(select(Case.id).where(or_(Case.image_key == key, Case.label_key == key)))
+        )
+        if session.execute(used.limit(1)).first() is None:
+            unused.append(store.path(key))
+    return len(expired), unused
+
+
+def _unlink(paths: list[Path]) -> int:
+    """Remove ``paths`` (already gone is fine); the bytes freed."""
+    freed = 0
+    for path in paths:
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+    return freed
