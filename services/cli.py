@@ -1,4 +1,5 @@
-"""Service subcommands of ``mona``: ``serve`` (embedded API + worker), ``api``, ``worker`` and ``db upgrade``.
+"""Service subcommands of ``mona``: ``serve`` (embedded API + worker), ``api``, ``worker``, ``db upgrade`` and
+``keys create|list|revoke``.
 
 Registered through the ``mona.commands`` entry point, so the ML library's CLI never imports the service.
 """
@@ -6,6 +7,7 @@ Registered through the ``mona.commands`` entry point, so the ML library's CLI ne
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,20 @@ def register(sub: Any) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply migrations (alembic upgrade head)")
     upgrade.set_defaults(handler=_db_upgrade)
+    _register_keys(sub)
+
+
+def _register_keys(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list and revoke (against DATABASE_URL)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a named key and print it (the only time it is shown)")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.set_defaults(handler=_keys_create)
+    listing = keys_sub.add_parser("list", help="id, name, created and revoked time of every key (never secrets)")
+    listing.set_defaults(handler=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id; the next request with it gets 403")
+    revoke.add_argument("key_id", metavar="ID")
+    revoke.set_defaults(handler=_keys_revoke)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,3 +76,47 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     upgrade_head()
     return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from mona_core.cli.console import emit
+    from services.common.auth import create_key
+    from services.common.db import session_scope
+    from services.common.settings import get_settings
+
+    with session_scope(get_settings().sqlalchemy_url) as session:
+        made = create_key(session, args.name)
+        key_id = made.row.id
+    emit(f"created API key {key_id} ({args.name}); store it now, it is not shown again:")
+    emit(made.key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from mona_core.cli.console import emit
+    from services.common.auth import list_keys
+    from services.common.db import session_scope
+    from services.common.settings import get_settings
+
+    with session_scope(get_settings().sqlalchemy_url) as session:
+        rows = [(row.id, row.name, row.created_at, row.revoked_at) for row in list_keys(session)]
+    emit(f"{'id':<34}{'name':<24}{'created':<27}revoked")
+    for key_id, name, created, revoked in rows:
+        emit(f"{key_id:<34}{name:<24}{created.isoformat(timespec='seconds'):<27}{_when(revoked)}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from mona_core.cli.console import emit
+    from services.common.auth import revoke_key
+    from services.common.db import session_scope
+    from services.common.settings import get_settings
+
+    with session_scope(get_settings().sqlalchemy_url) as session:
+        revoked_at = revoke_key(session, args.key_id).revoked_at
+    emit(f"revoked API key {args.key_id} at {_when(revoked_at)}")
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")

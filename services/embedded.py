@@ -39,15 +39,43 @@ def free_port(host: str) -> int:
         return port
 
 
+KEY_FILE = "api-key"
+"""Where ``mona serve`` keeps the key it made when none was given (in the data directory, mode 0600)."""
+
+
+def stored_key(data_dir: Path) -> str:
+    """The data directory's own key: made on the first start, then reused, so restarts add no new keys."""
+    path = data_dir / KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    key = generate_key()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def _read_key(path: Path) -> str:
+    if path.stat().st_mode & 0o077:
+        logger.warning("%s was readable by others; restricting it to its owner (0600)", path)
+        path.chmod(0o600)
+    key = path.read_text().strip()
+    if not key:
+        raise ValueError(f"expected an API key in {path}, got an empty file (delete it to make a new key)")
+    return key
+
+
 def embedded_settings(data_dir: Path | None, api_key: str | None) -> tuple[Settings, bool]:
-    """Settings from the environment with the command-line overrides; a key is generated when none is given."""
+    """Settings from the environment with the command-line overrides; without a key, the data directory's own
+    (``stored_key``) is used. The flag says whether the key is that stored one."""
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["MONA_DATA_DIR"] = data_dir
-    key = api_key or os.environ.get("MONA_API_KEY")
-    generated = key is None
-    overrides["MONA_API_KEY"] = key or generate_key()
-    return Settings(**overrides), generated  # type: ignore[arg-type]
+    given = api_key or os.environ.get("MONA_API_KEY")
+    overrides["MONA_API_KEY"] = given or stored_key(Settings(**overrides).data_dir)  # type: ignore[arg-type]
+    return Settings(**overrides), not given  # type: ignore[arg-type]
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -212,7 +240,7 @@ def serve(host: str, port: int, data_dir: Path | None, api_key: str | None, demo
 
 def _announce(settings: Settings, url: str, generated: bool) -> None:
     sys.stdout.write(f"MONA API at {url}  (OpenAPI docs: {url}/docs)\n")
-    origin = "generated for this run" if generated else "from --api-key / MONA_API_KEY"
+    origin = f"kept in {settings.data_dir / KEY_FILE}" if generated else "from --api-key / MONA_API_KEY"
     sys.stdout.write(f"API key ({origin}): {settings.api_key}\n")
     sys.stdout.write(f"data directory: {settings.data_dir.resolve()}  (worker log: worker.log there)\n")
     sys.stdout.flush()

@@ -53,7 +53,7 @@ async def _as_json(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=code, content={"detail": str(exc)})
 
 
-async def _outage(request: Request, exc: Exception) -> JSONResponse:
+async def outage_response(request: Request, exc: Exception) -> JSONResponse:
     """503 JSON for a database or broker outage; the driver's message (hosts, ports) goes to the log only."""
     part = next(OUTAGES[kind] for kind in type(exc).__mro__ if kind in OUTAGES)
     logger.warning("%s %s: %s unavailable: %s: %s", request.method, request.url.path, part, type(exc).__name__, exc)
@@ -87,5 +87,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in STATUS_OF:
         app.add_exception_handler(kind, _as_json)
     for kind in OUTAGES:
-        app.add_exception_handler(kind, _outage)
+        app.add_exception_handler(kind, outage_response)
     app.add_exception_handler(RequestValidationError, _invalid_request)

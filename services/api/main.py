@@ -12,9 +12,10 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.deps import require_api_key
 from services.api.errors import install_error_handlers
+from services.api.keygate import ApiKeyGate
 from services.api.routes import datasets, health, jobs, models, reports
 from services.api.staging import sweep_once, sweep_periodically
-from services.common.auth import ensure_key
+from services.common.auth import rotate_bootstrap
 from services.common.db import session_scope
 from services.common.migrate import upgrade_head
 from services.common.settings import Settings, get_settings
@@ -25,14 +26,15 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API with its state (settings, artifact store, task sender). Routes under /v1 need ``X-API-Key``."""
+    """The API with its state (settings, artifact store, task sender). Routes under /v1 need ``X-API-Key``, checked
+    before a request's body is read (``ApiKeyGate``); at start ``MONA_API_KEY`` becomes the only bootstrap key."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.api_key:
             with session_scope(settings.sqlalchemy_url) as session:
-                ensure_key(session, settings.api_key)
+                rotate_bootstrap(session, settings.api_key)
         sweep_once(app.state.store, settings.staging_max_age_s)
         sweeper = asyncio.create_task(sweep_periodically(app.state.store, settings.staging_max_age_s))
         yield
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifact_root)
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
+    app.add_middleware(ApiKeyGate, database_url=settings.sqlalchemy_url)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for module in (datasets, jobs, models, reports):

@@ -1,37 +1,137 @@
-"""API keys: only a SHA-256 of each key is stored; the key itself is shown once, when it is made."""
+"""API keys: stored as salted HMAC-SHA256 digests; the key itself is shown once, when it is made.
+
+A generated key reads ``mona_<id>_<secret>``: ``id`` (12 hex characters, not secret) is the row's primary key, so a
+request costs one lookup and one HMAC. Each row keeps a random 16-byte salt beside ``HMAC-SHA256(salt, key)``.
+A free-form key (``MONA_API_KEY=...`` chosen by an operator) has no id in it: it is checked against the active rows
+(few: the bootstrap keys). Rows from before salting (``salt`` NULL, a bare SHA-256) stay verifiable as legacy.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
+import re
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.models import ApiKey
+from services.common.models import ApiKey, utcnow
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP = "bootstrap"
+"""The name of the key rows made from ``MONA_API_KEY`` (or ``mona serve``'s stored key) at start-up."""
+NAME_MAX = 200
+_FORMAT = re.compile(r"mona_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})")
 
 
-def hash_key(key: str) -> str:
+@dataclass(frozen=True)
+class NewKey:
+    """A key just made: its row and the full key, which is never stored and cannot be shown again."""
+
+    row: ApiKey
+    key: str
+
+
+def hash_key(key: str, salt: str) -> str:
+    """``HMAC-SHA256(salt, key)`` as hex; ``salt`` is the row's hex salt."""
+    return hmac.new(bytes.fromhex(salt), key.encode(), hashlib.sha256).hexdigest()
+
+
+def _legacy_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_id_of(key: str) -> str | None:
+    """The id part of a ``mona_<id>_<secret>`` key, or None for a free-form key."""
+    match = _FORMAT.fullmatch(key)
+    return match.group(1) if match else None
+
+
 def generate_key() -> str:
-    return "mona_" + secrets.token_urlsafe(32)
+    """A fresh ``mona_<id>_<secret>`` key (not stored)."""
+    return f"mona_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
 
 
-def ensure_key(session: Session, key: str, name: str = "bootstrap") -> ApiKey:
-    """Store ``key`` (hashed) unless it is there already; used for ``MONA_API_KEY`` at start-up."""
-    digest = hash_key(key)
-    existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-    if existing is not None:
-        return existing
-    row = ApiKey(name=name, key_hash=digest)
+def _verifies(row: ApiKey, key: str) -> bool:
+    expected = _legacy_hash(key) if row.salt is None else hash_key(key, row.salt)
+    return hmac.compare_digest(row.key_hash, expected)
+
+
+def _matching_row(session: Session, key: str) -> ApiKey | None:
+    """The row (active or revoked) whose digest ``key`` verifies against, or None."""
+    key_id = key_id_of(key)
+    if key_id is not None:
+        row = session.get(ApiKey, key_id)
+        if row is not None and _verifies(row, key):
+            return row
+    legacy = session.scalar(select(ApiKey).where(ApiKey.salt.is_(None), ApiKey.key_hash == _legacy_hash(key)))
+    if legacy is not None:
+        return legacy
+    if key_id is not None:
+        return None
+    free_form = session.scalars(select(ApiKey).where(ApiKey.salt.is_not(None), ApiKey.revoked_at.is_(None)))
+    return next((row for row in free_form if _verifies(row, key)), None)
+
+
+def store_key(session: Session, key: str, name: str) -> ApiKey:
+    """Store ``key`` salted and hashed under ``name`` (its id part as the row id when it has one)."""
+    salt = secrets.token_hex(16)
+    row = ApiKey(id=key_id_of(key) or secrets.token_hex(16), name=name, salt=salt, key_hash=hash_key(key, salt))
     session.add(row)
     session.flush()
     return row
 
 
+def create_key(session: Session, name: str) -> NewKey:
+    """Make, store and return a new named key (``mona keys create``)."""
+    if not name.strip() or len(name) > NAME_MAX or not name.isprintable():
+        raise ValueError(f"expected a printable key name of 1 to {NAME_MAX} characters, got {name!r}")
+    key = generate_key()
+    return NewKey(store_key(session, key, name), key)
+
+
+def ensure_key(session: Session, key: str, name: str = BOOTSTRAP) -> ApiKey:
+    """Store ``key`` unless it is there already (a revoked row stays revoked); used for ``MONA_API_KEY`` at start."""
+    existing = _matching_row(session, key)
+    if existing is not None:
+        if existing.revoked_at is not None:
+            logger.warning("the configured API key %s was revoked; it stays revoked", existing.id)
+        return existing
+    return store_key(session, key, name)
+
+
+def rotate_bootstrap(session: Session, key: str) -> ApiKey:
+    """Make ``key`` the bootstrap key and revoke every other active bootstrap key (the old ``MONA_API_KEY`` dies)."""
+    current = ensure_key(session, key)
+    stale = select(ApiKey).where(ApiKey.name == BOOTSTRAP, ApiKey.revoked_at.is_(None), ApiKey.id != current.id)
+    for row in session.scalars(stale):
+        row.revoked_at = utcnow()
+        logger.info("revoked the previous bootstrap API key %s", row.id)
+    session.flush()
+    return current
+
+
 def find_key(session: Session, key: str) -> ApiKey | None:
     """The active key row matching ``key``, or None."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    row = _matching_row(session, key)
     return row if row is not None and row.revoked_at is None else None
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """Every key row, oldest first (digests and salts are for the caller to leave out)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    """Revoke the key ``key_id`` (effective for the next request); revoking twice keeps the first time."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise ValueError(f"expected the id of an API key, got {key_id!r} (see `mona keys list`)")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row

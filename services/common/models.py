@@ -46,6 +46,8 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    salt: Mapped[str | None] = mapped_column(String(32), default=None)
+    """Hex salt of ``key_hash = HMAC-SHA256(salt, key)``; NULL on legacy rows (a bare SHA-256 of the key)."""
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)

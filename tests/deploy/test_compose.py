@@ -15,12 +15,28 @@ from tests.deploy import REPO_ROOT, parse_mona_command, settings_aliases
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 APP_DOCKERFILES = {"Dockerfile", "Dockerfile.gpu"}
-_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+OPERATOR_ENV = {"MONA_API_KEY": "compose-test-key"}
+"""What an operator must export before ``docker compose up`` (the variables the file requires)."""
 
 
-def interpolate(value: str) -> str:
-    """Compose's ``${VAR:-default}`` with no variable set: the default (or empty)."""
-    return _VARIABLE.sub(lambda match: match.group(2) or "", value)
+class MissingVariable(Exception):
+    """Compose's ``${VAR:?message}`` with ``VAR`` unset: compose refuses to start."""
+
+
+def _substitute(match: re.Match[str], env: dict[str, str]) -> str:
+    name, operator, text = match.group(1), match.group(2), match.group(3) or ""
+    if name in env:
+        return env[name]
+    if operator == "?":
+        raise MissingVariable(f"{name}: {text}")
+    return text
+
+
+def interpolate(value: str, env: dict[str, str] = OPERATOR_ENV) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR:?message}`` with only ``env`` set (default: what an operator must
+    export): the variable, else the default (or empty); a required variable missing raises ``MissingVariable``."""
+    return _VARIABLE.sub(lambda match: _substitute(match, env), value)
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +132,11 @@ def test_named_volumes_are_mounted_at_the_data_dir(
     for name, service in app_services.items():
         data_dir = environment(service)["MONA_DATA_DIR"]
         assert f"artifacts:{data_dir}" in service["volumes"], f"{name}: expected artifacts mounted at {data_dir}"
+
+
+def test_compose_refuses_to_start_without_an_api_key(app_services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services.items():
+        raw = str(service["environment"]["MONA_API_KEY"])
+        with pytest.raises(MissingVariable, match="MONA_API_KEY"):
+            interpolate(raw, env={})
+        assert interpolate(raw, env={"MONA_API_KEY": "k"}) == "k", name
