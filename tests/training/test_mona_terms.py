@@ -339,7 +339,7 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(
 
 
 def test_both_glcon_instance_terms_train_the_student() -> None:
-    """Guards: a GLCon instance term detached or dropped (it would then train nothing)."""
+    """Guards: a GLCon instance term detached, or dropped from the total (it would then train nothing)."""
     torch.manual_seed(0)
     method = build_method(SMALL.with_overrides(method="pretrain", rampup_fraction=0.0), UNetConfig(), CPU)
     assert isinstance(method, GLCon)
@@ -359,3 +359,9 @@ def test_both_glcon_instance_terms_train_the_student() -> None:
         assert parts[term].item() > 1e-4, term
         assert _norm(_grads(parts[term], list(head.parameters()))) > 0.0, term
         assert _norm(_grads(parts[term], encoder)) > 0.0, term
+    params = [p for p in method.trainable() if p.requires_grad]  # and the total is L_sup + both terms (ramp 1)
+    expected = _grads(parts["loss_ce"] * 0.5 + parts["loss_dice"] * 0.5, params)
+    for term in ("loss_inst_global", "loss_inst_local"):
+        expected = [e + g for e, g in zip(expected, _grads(parts[term], params), strict=True)]
+    total = _grads(parts["loss"], params)
+    assert _norm([t - e for t, e in zip(total, expected, strict=True)]) <= 1e-5 * _norm(expected)
