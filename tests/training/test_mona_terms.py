@@ -31,6 +31,7 @@ from mona_core.losses import anatomical_contrast_loss
 from mona_core.models import UNetConfig, build_model
 from mona_core.models.heads import sample_pixels
 from mona_core.training.checkpoint import load_checkpoint
+from mona_core.training.config import TrainConfig
 from mona_core.training.methods import Batch, build_method
 from mona_core.training.methods.base import set_train_modes
 from mona_core.training.methods.mona import AnatomicalContrastiveReconstruction, GLCon
@@ -317,14 +318,11 @@ def test_best_checkpoint_is_the_best_validated_step_and_export_uses_it(
     assert json.loads((tmp_path / "model" / "manifest.json").read_text())["source"]["checkpoint_step"] == 4
 
 
-@pytest.mark.parametrize("method", ["finetune", "pretrain"])
-def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(
-    method: str, phantom_dataset: Path, tmp_path: Path
-) -> None:
-    """Guards: resume without the method's generator or memory banks (or any other random stream)."""
-    index = load_dataset(phantom_dataset)
+def straight_and_resumed(config: TrainConfig, dataset: Path, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``last.pt`` of a run trained in one go and of the same run stopped after 2 steps and resumed; asserts that
+    every module's weights are identical."""
+    index = load_dataset(dataset)
     selection = select_labelled(index.patients("train"), n_patients=1, eligible=index.fully_labelled_patients("train"))
-    config = SMALL.with_overrides(method=method, val_every=100, checkpoint_every=100)
     train(config, index, selection, tmp_path / "straight")
     calls = itertools.count()
     assert train(config, index, selection, tmp_path / "resumed", should_stop=lambda: next(calls) >= 2).stopped
@@ -333,6 +331,16 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     for name, weights in straight["modules"].items():
         assert all(torch.equal(weights[k], resumed["modules"][name][k]) for k in weights), name
+    return straight, resumed
+
+
+@pytest.mark.parametrize("method", ["finetune", "pretrain"])
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(
+    method: str, phantom_dataset: Path, tmp_path: Path
+) -> None:
+    """Guards: resume without the method's generator or memory banks (or any other random stream)."""
+    config = SMALL.with_overrides(method=method, val_every=100, checkpoint_every=100)
+    straight, resumed = straight_and_resumed(config, phantom_dataset, tmp_path)
     for key, bank in straight["rng"]["method"].items():
         if isinstance(bank, dict):
             assert torch.equal(bank["storage"], resumed["rng"]["method"][key]["storage"]), key
