@@ -93,8 +93,11 @@ def _steps_done(config: TrainConfig, run_dir: Path) -> int:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config as JSON gives it back, without the device (a run may be re-scored on another machine)."""
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "device"}
+    """A config as JSON gives it back, without the device (a run may be re-scored on another machine) and with the
+    fields a run saved before they existed filled with their defaults (what that run did)."""
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    saved = json.loads(json.dumps(config))
+    return {k: saved.get(k, default) for k, default in defaults.items() if k != "device"}
 
 
 def run_one(
