@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from services.api.keygate import INVALID, MISSING, STATE_KEY
 from services.common.auth import find_key
 from services.common.db import session_scope
 from services.common.settings import Settings
@@ -51,13 +52,19 @@ def get_celery(request: Request) -> Celery:
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def require_api_key(session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
-    """401 without a key, 403 with a wrong or revoked one; returns the key's id."""
+def require_api_key(
+    request: Request, session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> str:
+    """401 without a key, 403 with a wrong or revoked one; returns the key's id (already verified by the gate in
+    ``services.api.keygate`` when the app runs behind it)."""
+    verified: str | None = getattr(request.state, STATE_KEY, None)
+    if verified is not None:
+        return verified
     if not key:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "expected an X-API-Key header, got none")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING)
     row = find_key(session, key)
     if row is None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "expected a valid API key, got an unknown or revoked one")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID)
     return row.id
 
 

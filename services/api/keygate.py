@@ -2,8 +2,9 @@
 
 FastAPI reads a form body (``UploadFile``) before it resolves a route's dependencies, so a dependency alone would
 let an unauthenticated client make the API read (and spool) a whole upload. This gate looks only at the headers and
-never calls ``receive``: a refused request has none of its body read. The route dependency
-(``deps.require_api_key``) still runs after it, with the same verification, and documents the header in OpenAPI.
+never calls ``receive``: a refused request has none of its body read. The id of the verified key goes into the
+request's state (``api_key_id``), where the route dependency (``deps.require_api_key``, which documents the header
+in OpenAPI) takes it instead of verifying the key a second time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PROTECTED_PREFIX = "/v1/"
 HEADER = b"x-api-key"
 MISSING = "expected an X-API-Key header, got none"
 INVALID = "expected a valid API key, got an unknown or revoked one"
+STATE_KEY = "api_key_id"
 
 
 def _key_of(scope: Scope) -> str | None:
@@ -35,9 +37,10 @@ def _key_of(scope: Scope) -> str | None:
     return None
 
 
-def _is_active(database_url: str, key: str) -> bool:
+def _active_key_id(database_url: str, key: str) -> str | None:
     with session_scope(database_url) as session:
-        return find_key(session, key) is not None
+        row = find_key(session, key)
+        return None if row is None else row.id
 
 
 class ApiKeyGate:
@@ -62,10 +65,13 @@ class ApiKeyGate:
         if key is None:
             return JSONResponse({"detail": MISSING}, status_code=status.HTTP_401_UNAUTHORIZED)
         try:
-            active = await run_in_threadpool(_is_active, self.database_url, key)
+            key_id = await run_in_threadpool(_active_key_id, self.database_url, key)
         except tuple(OUTAGES) as exc:
             return await outage_response(Request(scope), exc)
-        return None if active else JSONResponse({"detail": INVALID}, status_code=status.HTTP_403_FORBIDDEN)
+        if key_id is None:
+            return JSONResponse({"detail": INVALID}, status_code=status.HTTP_403_FORBIDDEN)
+        scope.setdefault("state", {})[STATE_KEY] = key_id
+        return None
 
 
 async def _no_body() -> Message:

@@ -78,7 +78,22 @@ def _signal_all(pids: list[int], signum: signal.Signals) -> None:
             continue
 
 
-class PostgresServer:
+class _ThrowawayServer:
+    """A server this test session started in its own folder: ``close`` stops it and removes the folder."""
+
+    root: Path
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PostgresServer(_ThrowawayServer):
     """A Postgres 15 cluster of its own: ``start``, ``stop`` (fast shutdown), ``pause`` / ``resume`` (SIGSTOP)."""
 
     def __init__(self) -> None:
@@ -125,14 +140,8 @@ class PostgresServer:
         if not _listening(self.port):
             self.start()
 
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
 
-
-class RedisServer:
+class RedisServer(_ThrowawayServer):
     """A ``redis-server`` of its own, without persistence: ``start``, ``stop`` (its data is lost, as in CI)."""
 
     def __init__(self) -> None:
@@ -162,12 +171,6 @@ class RedisServer:
     def ensure_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
             self.start()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
