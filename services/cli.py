@@ -44,8 +44,17 @@ def _register_keys(sub: Any) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a named key and print it (the only time it is shown)")
     create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument(
+        "--project",
+        default="default",
+        help="the project the key works in: it sees and makes only that project's datasets, jobs, models and "
+        "reports (default: %(default)s)",
+    )
+    create.add_argument("--admin", action="store_true", help="an admin key: sees and acts on every project")
     create.set_defaults(handler=_keys_create)
-    listing = keys_sub.add_parser("list", help="id, name, created and revoked time of every key (never secrets)")
+    listing = keys_sub.add_parser(
+        "list", help="id, name, project, admin, created and revoked time of every key (never secrets)"
+    )
     listing.set_defaults(handler=_keys_list)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id; the next request with it gets 403")
     revoke.add_argument("key_id", metavar="ID")
@@ -85,9 +94,10 @@ def _keys_create(args: argparse.Namespace) -> int:
     from services.common.settings import get_settings
 
     with session_scope(get_settings().sqlalchemy_url) as session:
-        made = create_key(session, args.name)
+        made = create_key(session, args.name, args.project, args.admin)
         key_id = made.row.id
-    emit(f"created API key {key_id} ({args.name}); store it now, it is not shown again:")
+    scope = "admin: every project" if args.admin else f"project {args.project}"
+    emit(f"created API key {key_id} ({args.name}, {scope}); store it now, it is not shown again:")
     emit(made.key)
     return 0
 
@@ -99,10 +109,14 @@ def _keys_list(args: argparse.Namespace) -> int:
     from services.common.settings import get_settings
 
     with session_scope(get_settings().sqlalchemy_url) as session:
-        rows = [(row.id, row.name, row.created_at, row.revoked_at) for row in list_keys(session)]
-    emit(f"{'id':<34}{'name':<24}{'created':<27}revoked")
-    for key_id, name, created, revoked in rows:
-        emit(f"{key_id:<34}{name:<24}{created.isoformat(timespec='seconds'):<27}{_when(revoked)}")
+        rows = [
+            (row.id, row.name, row.project, "yes" if row.admin else "no", row.created_at, row.revoked_at)
+            for row in list_keys(session)
+        ]
+    emit(f"{'id':<34}{'name':<24}{'project':<20}{'admin':<7}{'created':<27}revoked")
+    for key_id, name, project, admin, created, revoked in rows:
+        when = created.isoformat(timespec="seconds")
+        emit(f"{key_id:<34}{name:<24}{project:<20}{admin:<7}{when:<27}{_when(revoked)}")
     return 0
 
 

@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from services.api.keygate import INVALID, MISSING, STATE_KEY
-from services.common.auth import find_key
+from services.common.auth import Principal, find_key
 from services.common.db import session_scope
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
@@ -54,10 +54,10 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 def require_api_key(
     request: Request, session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]
-) -> str:
-    """401 without a key, 403 with a wrong or revoked one; returns the key's id (already verified by the gate in
+) -> Principal:
+    """401 without a key, 403 with a wrong or revoked one; returns who the key is (already verified by the gate in
     ``services.api.keygate`` when the app runs behind it)."""
-    verified: str | None = getattr(request.state, STATE_KEY, None)
+    verified: Principal | None = getattr(request.state, STATE_KEY, None)
     if verified is not None:
         return verified
     if not key:
@@ -65,7 +65,10 @@ def require_api_key(
     row = find_key(session, key)
     if row is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID)
-    return row.id
+    principal = Principal.of(row)
+    setattr(request.state, STATE_KEY, principal)
+    return principal
 
 
-ApiKeyDep = Annotated[str, Depends(require_api_key)]
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]
+"""The caller's key: its project scopes every lookup and list (``services.api.scope``)."""

@@ -2,9 +2,9 @@
 
 FastAPI reads a form body (``UploadFile``) before it resolves a route's dependencies, so a dependency alone would
 let an unauthenticated client make the API read (and spool) a whole upload. This gate looks only at the headers and
-never calls ``receive``: a refused request has none of its body read. The id of the verified key goes into the
-request's state (``api_key_id``), where the route dependency (``deps.require_api_key``, which documents the header
-in OpenAPI) takes it instead of verifying the key a second time.
+never calls ``receive``: a refused request has none of its body read. The verified key (id, project, admin) goes
+into the request's state (``principal``), where the route dependency (``deps.require_api_key``, which documents the
+header in OpenAPI) takes it instead of verifying the key a second time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.errors import OUTAGES, outage_response
-from services.common.auth import find_key
+from services.common.auth import Principal, find_key
 from services.common.db import session_scope
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ PROTECTED_PREFIX = "/v1/"
 HEADER = b"x-api-key"
 MISSING = "expected an X-API-Key header, got none"
 INVALID = "expected a valid API key, got an unknown or revoked one"
-STATE_KEY = "api_key_id"
+STATE_KEY = "principal"
 
 
 def _key_of(scope: Scope) -> str | None:
@@ -37,10 +37,10 @@ def _key_of(scope: Scope) -> str | None:
     return None
 
 
-def _active_key_id(database_url: str, key: str) -> str | None:
+def _active_principal(database_url: str, key: str) -> Principal | None:
     with session_scope(database_url) as session:
         row = find_key(session, key)
-        return None if row is None else row.id
+        return None if row is None else Principal.of(row)
 
 
 class ApiKeyGate:
@@ -65,12 +65,12 @@ class ApiKeyGate:
         if key is None:
             return JSONResponse({"detail": MISSING}, status_code=status.HTTP_401_UNAUTHORIZED)
         try:
-            key_id = await run_in_threadpool(_active_key_id, self.database_url, key)
+            principal = await run_in_threadpool(_active_principal, self.database_url, key)
         except tuple(OUTAGES) as exc:
             return await outage_response(Request(scope), exc)
-        if key_id is None:
+        if principal is None:
             return JSONResponse({"detail": INVALID}, status_code=status.HTTP_403_FORBIDDEN)
-        scope.setdefault("state", {})[STATE_KEY] = key_id
+        scope.setdefault("state", {})[STATE_KEY] = principal
         return None
 
 

@@ -174,6 +174,7 @@ def segment_upload(
     row = Segmentation(
         id=new_id(),
         model_id=model.id,
+        project=model.project,
         input_sha256=image.sha256,
         mask_key=mask_key,
         geometry=volume.geometry.to_dict(),
@@ -206,6 +207,7 @@ def _record_report(
         id=new_id(),
         source="segmentation",
         model_id=model.id,
+        project=model.project,
         status=JobStatus.SUCCEEDED.value,
         progress=1.0,
         unit=ASD_UNIT,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.models import ApiKey, utcnow
+from services.common.models import DEFAULT_PROJECT, PROJECT_PATTERN, ApiKey, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,34 @@ BOOTSTRAP = "bootstrap"
 """The name of the key rows made from ``MONA_API_KEY`` (or ``mona serve``'s stored key) at start-up."""
 NAME_MAX = 200
 _FORMAT = re.compile(r"mona_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})")
+_PROJECT = re.compile(PROJECT_PATTERN)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: the verified key's id, its project and whether it is an admin key (sees all)."""
+
+    key_id: str
+    project: str
+    admin: bool = False
+
+    def sees(self, project: str) -> bool:
+        """Whether rows of ``project`` are visible to this key."""
+        return self.admin or project == self.project
+
+    @classmethod
+    def of(cls, row: ApiKey) -> Principal:
+        return cls(row.id, row.project, bool(row.admin))
+
+
+def check_project(project: str) -> str:
+    """``project`` if it is a valid project name, else ``ValueError`` saying what is expected."""
+    if not _PROJECT.fullmatch(project):
+        raise ValueError(
+            "expected a project name of 1-64 lower-case letters, digits, '-' or '_' starting with a letter or digit, "
+            f"got {project!r}"
+        )
+    return project
 
 
 @dataclass(frozen=True)
@@ -77,31 +105,39 @@ def _matching_row(session: Session, key: str) -> ApiKey | None:
     return next((row for row in free_form if _verifies(row, key)), None)
 
 
-def store_key(session: Session, key: str, name: str) -> ApiKey:
+def store_key(session: Session, key: str, name: str, project: str = DEFAULT_PROJECT, admin: bool = False) -> ApiKey:
     """Store ``key`` salted and hashed under ``name`` (its id part as the row id when it has one)."""
     salt = secrets.token_hex(16)
-    row = ApiKey(id=key_id_of(key) or secrets.token_hex(16), name=name, salt=salt, key_hash=hash_key(key, salt))
+    row = ApiKey(
+        id=key_id_of(key) or secrets.token_hex(16),
+        name=name,
+        salt=salt,
+        key_hash=hash_key(key, salt),
+        project=check_project(project),
+        admin=admin,
+    )
     session.add(row)
     session.flush()
     return row
 
 
-def create_key(session: Session, name: str) -> NewKey:
-    """Make, store and return a new named key (``mona keys create``)."""
+def create_key(session: Session, name: str, project: str = DEFAULT_PROJECT, admin: bool = False) -> NewKey:
+    """Make, store and return a new named key of ``project`` (``mona keys create``); an admin key sees all."""
     if not name.strip() or len(name) > NAME_MAX or not name.isprintable():
         raise ValueError(f"expected a printable key name of 1 to {NAME_MAX} characters, got {name!r}")
     key = generate_key()
-    return NewKey(store_key(session, key, name), key)
+    return NewKey(store_key(session, key, name, check_project(project), admin), key)
 
 
 def ensure_key(session: Session, key: str, name: str = BOOTSTRAP) -> ApiKey:
-    """Store ``key`` unless it is there already (a revoked row stays revoked); used for ``MONA_API_KEY`` at start."""
+    """Store ``key`` as an admin key unless it is there already (a revoked row stays revoked); used for
+    ``MONA_API_KEY`` at start, which is the operator's key and so sees every project."""
     existing = _matching_row(session, key)
     if existing is not None:
         if existing.revoked_at is not None:
             logger.warning("the configured API key %s was revoked; it stays revoked", existing.id)
         return existing
-    return store_key(session, key, name)
+    return store_key(session, key, name, admin=True)
 
 
 def rotate_bootstrap(session: Session, key: str) -> ApiKey:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -33,6 +34,16 @@ class JobStatus(StrEnum):
 
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
+DEFAULT_PROJECT = "default"
+"""The project of rows made before projects existed, of the bootstrap key and of keys made without ``--project``."""
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+"""Project names: 1-64 lower-case letters, digits, ``-`` and ``_``, starting with a letter or digit."""
+
+
+def project_column() -> Mapped[str]:
+    """The owning project of a row: a key sees the rows of its project (an admin key sees all)."""
+    return mapped_column(String(64), default=DEFAULT_PROJECT, server_default=DEFAULT_PROJECT, index=True)
+
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
@@ -49,6 +60,9 @@ class ApiKey(Base):
     salt: Mapped[str | None] = mapped_column(String(32), default=None)
     """Hex salt of ``key_hash = HMAC-SHA256(salt, key)``; NULL on legacy rows (a bare SHA-256 of the key)."""
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    project: Mapped[str] = project_column()
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """An admin key sees and acts on every project's rows; the bootstrap key (``MONA_API_KEY``) is one."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -59,6 +73,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     preset: Mapped[str] = mapped_column(String(16))
     classes: Mapped[list[Any]] = mapped_column()
+    project: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -86,6 +101,7 @@ class TrainingJob(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(32))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    project: Mapped[str] = project_column()
     config: Mapped[dict[str, Any]] = mapped_column()
     labelled_patients: Mapped[int | None] = mapped_column(default=None)
     labelled_ratio: Mapped[float | None] = mapped_column(Float, default=None)
@@ -137,6 +153,7 @@ class Model(Base):
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    project: Mapped[str] = project_column()
     onnx_key: Mapped[str] = mapped_column(String(120))
     manifest_key: Mapped[str] = mapped_column(String(120))
     onnx_sha256: Mapped[str] = mapped_column(String(64))
@@ -151,6 +168,7 @@ class Segmentation(Base):
     __tablename__ = "segmentations"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    project: Mapped[str] = project_column()
     input_sha256: Mapped[str] = mapped_column(String(64))
     mask_key: Mapped[str] = mapped_column(String(120))
     overlay_key: Mapped[str | None] = mapped_column(String(120), default=None)
@@ -167,6 +185,7 @@ class Report(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     source: Mapped[str] = mapped_column(String(16))
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    project: Mapped[str] = project_column()
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     split: Mapped[str | None] = mapped_column(String(16), default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)

@@ -45,7 +45,7 @@ from services.common.jobs import (
     prune_metrics,
     record_progress,
 )
-from services.common.models import TERMINAL, JobStatus, Model, TrainingJob
+from services.common.models import DEFAULT_PROJECT, TERMINAL, JobStatus, Model, TrainingJob
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
 from services.worker.recovery import JobLease, lease_interval
@@ -337,8 +337,10 @@ def _publish_model(
         manifest_file = store.copy_in(result.model_dir / MANIFEST_FILE, ".json")
     manifest = result.manifest
     with session_scope(settings.sqlalchemy_url) as session:
+        job = session.get(TrainingJob, job_id)
         model = Model(
             job_id=job_id,
+            project=job.project if job is not None else DEFAULT_PROJECT,
             onnx_key=onnx.key,
             manifest_key=manifest_file.key,
             onnx_sha256=onnx.sha256,

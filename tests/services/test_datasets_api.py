@@ -117,7 +117,7 @@ def test_create_dataset_rejects_bad_bodies(api: TestClient, payload: dict[str, A
 def test_unknown_dataset_is_404(api: TestClient, dataset_id: str, tmp_path: Path) -> None:
     response = api.get(f"/v1/datasets/{dataset_id}")
     assert response.status_code == 404
-    assert response.json()["detail"].startswith("expected an existing dataset id, got")
+    assert response.json()["detail"].startswith("expected the id of an existing dataset, got")
     image, _ = phantom_bytes(tmp_path)
     assert upload(api, "0" * 32, image).status_code == 404
 

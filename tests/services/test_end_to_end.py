@@ -44,9 +44,10 @@ def _ok(response: httpx.Response, code: int = 200) -> Any:
     return response.json()
 
 
-def _upload_phantoms(client: httpx.Client, root: Path) -> str:
+def _upload_phantoms(client: httpx.Client, root: Path, project: str | None = None) -> str:
     data = write_phantom_dataset(root, n_patients=4, frames=1, seed=0, val_patients=1, shape=SHAPE)
-    dataset = _ok(client.post("/v1/datasets", json={"name": "e2e", "classes": list(PHANTOM_CLASSES)}), 201)
+    body = {"name": "e2e", "classes": list(PHANTOM_CLASSES), "project": project}
+    dataset = _ok(client.post("/v1/datasets", json=body), 201)
     splits = json.loads((data / "splits.json").read_text())
     for split, case_ids in splits.items():
         for case_id in case_ids:
@@ -69,12 +70,13 @@ def _wait_for_status(client: httpx.Client, path: str, wanted: str, timeout: floa
 
 
 def test_upload_train_segment_report(live: httpx.Client, isolated_settings: Settings, tmp_path: Path) -> None:
-    dataset_id = _upload_phantoms(live, tmp_path / "phantoms")
+    dataset_id = _upload_phantoms(live, tmp_path / "phantoms", project="cardiology")
     body = {"kind": "supervised", "dataset_id": dataset_id, "labelled_patients": 2, "config": TINY, "device": "cpu"}
     job = _ok(live.post("/v1/jobs", json=body), 202)
-    assert job["status"] == "queued" and job["progress"] == 0.0
+    assert job["status"] == "queued" and job["progress"] == 0.0 and job["project"] == "cardiology"
     job = _wait_for_status(live, f"/v1/jobs/{job['id']}", "succeeded")
     assert job["progress"] == 1.0 and job["model_id"] and job["iteration"] == TINY["iterations"]
+    assert _ok(live.get(f"/v1/models/{job['model_id']}"))["project"] == "cardiology", "the model joins its job's"
     assert len(job["selection"]["labelled"]) == 2
     history = _ok(live.get(f"/v1/jobs/{job['id']}/metrics"))["history"]
     assert [row["step"] for row in history] == list(range(1, TINY["iterations"] + 1))

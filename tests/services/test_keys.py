@@ -152,3 +152,20 @@ def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(servic
                 assert (answer.status_code, meter.read) == (expected, 0), route
                 assert time.monotonic() - started < 5, f"{route}: expected a quick refusal"
                 assert not staging.exists() or not any(staging.iterdir()), f"{route}: expected nothing staged"
+
+
+def test_cli_makes_project_and_admin_keys(service_settings: Settings) -> None:
+    done = _mona_keys(service_settings, "create", "--name", "ward-bot", "--project", "ward-7")
+    assert done.returncode == 0, done.stderr
+    member = done.stdout.strip().splitlines()[-1]
+    admin_done = _mona_keys(service_settings, "create", "--name", "ops", "--admin")
+    assert admin_done.returncode == 0, admin_done.stderr
+    admin = admin_done.stdout.strip().splitlines()[-1]
+    with TestClient(create_app(service_settings)) as client:
+        assert client.get("/v1/me", headers={"X-API-Key": member}).json()["project"] == "ward-7"
+        assert client.get("/v1/me", headers={"X-API-Key": admin}).json()["admin"] is True
+    listed = _mona_keys(service_settings, "list").stdout
+    (line,) = [row for row in listed.splitlines() if row.startswith(str(key_id_of(member)))]
+    assert "ward-7" in line.split() and "no" in line.split(), line
+    bad = _mona_keys(service_settings, "create", "--name", "x", "--project", "Ward 7")
+    assert bad.returncode != 0 and "project name" in bad.stderr, bad.stderr

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from services.common.migrate import alembic_config
 from services.common.models import Base
@@ -31,3 +34,34 @@ def test_database_is_at_the_single_head(service_settings: Settings) -> None:
     engine.dispose()
     expected = {"api_keys", "datasets", "cases", "jobs", "job_metrics", "job_logs", "models", "segmentations"}
     assert expected | {"reports", "report_entries"} <= tables
+
+
+def test_projects_migration_keeps_what_each_existing_key_saw(isolated_settings: Settings) -> None:
+    """0005: existing rows go to ``default``; the bootstrap key becomes admin, other keys stay in ``default``."""
+    url = isolated_settings.sqlalchemy_url
+    config = alembic_config(url)
+    command.downgrade(config, "0004")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for key_id, name in (("a" * 32, "bootstrap"), ("b" * 32, "ci-bot")):
+            connection.execute(
+                text("INSERT INTO api_keys (id, name, key_hash, created_at) VALUES (:id, :name, :hash, :at)"),
+                {"id": key_id, "name": name, "hash": key_id * 2, "at": datetime.now(UTC)},
+            )
+        connection.execute(
+            text("INSERT INTO datasets (id, name, preset, classes, created_at) VALUES (:id, 'old', 'mri', :c, :at)"),
+            {"id": "c" * 32, "c": '["background", "LV"]', "at": datetime.now(UTC)},
+        )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        keys = dict(
+            connection.execute(
+                text("SELECT name, admin FROM api_keys WHERE id IN (:a, :b)"), {"a": "a" * 32, "b": "b" * 32}
+            ).all()
+        )
+        projects = set(
+            connection.execute(text("SELECT project FROM api_keys UNION SELECT project FROM datasets")).scalars()
+        )
+    engine.dispose()
+    assert {name: bool(admin) for name, admin in keys.items()} == {"bootstrap": True, "ci-bot": False}
+    assert projects == {"default"}

@@ -187,7 +187,8 @@ def test_segment_as_json(api: TestClient, model: Registered, scans: tuple[Path, 
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"id", "model_id", "mask_url", "overlay_url", "report_id", "report", "geometry", "seconds"}
+    keys = {"id", "model_id", "project", "mask_url", "overlay_url", "report_id", "report", "geometry", "seconds"}
+    assert set(body) == keys
     assert body["model_id"] == model.model_id and body["report"]["id"] == body["report_id"]
     assert body["mask_url"] == f"/v1/segmentations/{body['id']}/mask"
     assert api.get(body["mask_url"]).headers["content-type"] == "application/gzip"

@@ -7,7 +7,6 @@ Uploads stream to ``tmp/`` (``services.api.uploads``); validation, storing and t
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -18,11 +17,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from mona_core.data.dataset import DatasetError
-from services.api.deps import SessionDep, SettingsDep, StoreDep
+from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.schemas.datasets import ArchivePublic, CasePublic, DatasetCreate, DatasetPublic, check_plain_text
+from services.api.scope import get_or_404, project_for_new, visible
 from services.api.uploads import Received, UploadSpec, receive_multipart
 from services.common import ingest
 from services.common.archives import ArchiveError, ArchiveLimits, archive_suffix, extract_archive
+from services.common.auth import Principal
 from services.common.models import Case, Dataset
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["datasets"])
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+
 _CASE_FORM: dict[str, Any] = {
     "multipart/form-data": {
         "schema": {
@@ -69,11 +70,8 @@ def _as_http() -> Iterator[None]:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
-def _dataset_or_404(session: Session, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id) if _ID.match(dataset_id) else None
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"expected an existing dataset id, got {dataset_id!r}")
-    return row
+def _dataset_or_404(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    return get_or_404(session, principal, Dataset, dataset_id, "dataset")
 
 
 def _counts(session: Session, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -100,6 +98,7 @@ def _publics(session: Session, datasets: Sequence[Dataset]) -> list[DatasetPubli
             name=row.name,
             preset=row.preset,
             classes=list(row.classes),
+            project=row.project,
             created_at=row.created_at,
             **counts.get(row.id, empty),
         )
@@ -108,8 +107,10 @@ def _publics(session: Session, datasets: Sequence[Dataset]) -> list[DatasetPubli
 
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)
-def create_dataset(body: DatasetCreate, session: SessionDep) -> DatasetPublic:
-    row = Dataset(name=body.name, preset=body.preset, classes=list(body.classes))
+def create_dataset(body: DatasetCreate, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
+    """A new, empty dataset in the key's project (an admin key may name another with ``project``)."""
+    project = project_for_new(principal, body.project)
+    row = Dataset(name=body.name, preset=body.preset, classes=list(body.classes), project=project)
     session.add(row)
     session.commit()
     logger.info("created dataset %s (%s, %d classes)", row.id, row.preset, len(row.classes))
@@ -119,27 +120,31 @@ def create_dataset(body: DatasetCreate, session: SessionDep) -> DatasetPublic:
 @router.get("/datasets")
 def list_datasets(
     session: SessionDep,
+    principal: PrincipalDep,
+    project: Annotated[str | None, Query(description="admin keys: only this project's datasets")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[DatasetPublic]:
-    """Datasets, newest first."""
+    """The datasets this key sees, newest first."""
     query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+    query = visible(query, Dataset, principal, project)
     return _publics(session, list(session.scalars(query)))
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
-    return _publics(session, [_dataset_or_404(session, dataset_id)])[0]
+def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
+    return _publics(session, [_dataset_or_404(session, principal, dataset_id)])[0]
 
 
 @router.get("/datasets/{dataset_id}/cases")
 def list_cases(
     dataset_id: str,
     session: SessionDep,
+    principal: PrincipalDep,
     split: Annotated[str | None, Query(pattern="^(train|val|test)$")] = None,
 ) -> list[CasePublic]:
     """The cases of a dataset ordered by case id, optionally of one split."""
-    _dataset_or_404(session, dataset_id)
+    _dataset_or_404(session, principal, dataset_id)
     query = select(Case).where(Case.dataset_id == dataset_id).order_by(Case.case_id)
     if split is not None:
         query = query.where(Case.split == split)
@@ -152,10 +157,15 @@ def list_cases(
     openapi_extra={"requestBody": {"required": True, "content": _CASE_FORM}},
 )
 async def upload_case(
-    dataset_id: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> CasePublic:
     """One case: ``image`` (+ optional ``label``) NIfTI files; optional ``case_id``, ``patient_id``, ``split``."""
-    dataset = await run_in_threadpool(_dataset_or_404, session, dataset_id)
+    dataset = await run_in_threadpool(_dataset_or_404, session, principal, dataset_id)
     spec = UploadSpec(
         max_bytes=settings.max_upload_bytes,
         files={"image": ingest.nifti_suffix, "label": ingest.nifti_suffix},
@@ -199,10 +209,15 @@ def _check_form_fields(fields: dict[str, str]) -> None:
     openapi_extra={"requestBody": {"required": True, "content": _ARCHIVE_FORM}},
 )
 async def upload_archive(
-    dataset_id: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> ArchivePublic:
     """An nnU-Net raw dataset as ``.zip`` / ``.tar.gz``: every case is validated, then all are stored, or none."""
-    dataset = await run_in_threadpool(_dataset_or_404, session, dataset_id)
+    dataset = await run_in_threadpool(_dataset_or_404, session, principal, dataset_id)
     spec = UploadSpec(max_bytes=settings.max_archive_bytes, files={"archive": archive_suffix})
     with _as_http():
         received = await receive_multipart(request, store, spec)

@@ -17,9 +17,11 @@ from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from mona_core.training.config import METHODS, StudyConfig, TrainConfig
-from services.api.deps import CeleryDep, SessionDep, StoreDep
-from services.api.routes.reports import get_or_404, send_or_fail, stored_file
+from services.api.deps import CeleryDep, PrincipalDep, SessionDep, StoreDep
+from services.api.routes.reports import send_or_fail, stored_file
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
+from services.api.scope import get_or_404, visible
+from services.common.auth import Principal
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
 from services.common.tasks import send_train
@@ -97,10 +99,10 @@ def _study_request(body: JobCreate) -> StudyConfig:
     return StudyConfig.from_request({**body.config, "device": body.device})
 
 
-def _check_dataset(session: Session, dataset_id: str, labelled_patients: int | None) -> Dataset:
+def _check_dataset(session: Session, principal: Principal, dataset_id: str, labelled_patients: int | None) -> Dataset:
     """The dataset (404 if unknown), which must hold a labelled case and at least ``labelled_patients`` patients
     with labelled cases (422); the worker picks the patients (among the fully labelled training patients)."""
-    dataset = get_or_404(session, Dataset, dataset_id, "dataset")
+    dataset = get_or_404(session, principal, Dataset, dataset_id, "dataset")
     patients = session.scalar(
         select(func.count(func.distinct(Case.patient_id))).where(
             Case.dataset_id == dataset.id, Case.label_key.is_not(None)
@@ -117,16 +119,21 @@ def _check_dataset(session: Session, dataset_id: str, labelled_patients: int | N
 
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: CeleryDep) -> JobPublic:
-    """Queue a training job; 503 (and the job marked failed) when the task broker cannot be reached."""
+def create_job(
+    body: JobCreate, session: SessionDep, store: StoreDep, celery: CeleryDep, principal: PrincipalDep
+) -> JobPublic:
+    """Queue a training job (in its dataset's project); 503 (and the job marked failed) when the task broker cannot
+    be reached."""
     config = validate_request(body)
-    dataset = _check_dataset(session, body.dataset_id, body.labelled_patients)
+    dataset = _check_dataset(session, principal, body.dataset_id, body.labelled_patients)
     if body.from_job_id is not None and isinstance(config, TrainConfig):
-        config = replace(config, init_from=str(_pretrained_checkpoint(session, store, body.from_job_id)))
+        checkpoint = _pretrained_checkpoint(session, principal, store, body.from_job_id)
+        config = replace(config, init_from=str(checkpoint))
     job = TrainingJob(
         id=new_id(),
         kind=body.kind,
         dataset_id=dataset.id,
+        project=dataset.project,
         config=config.to_dict(),
         labelled_patients=body.labelled_patients,
         labelled_ratio=body.labelled_ratio,
@@ -140,9 +147,9 @@ def create_job(body: JobCreate, session: SessionDep, store: StoreDep, celery: Ce
     return JobPublic.model_validate(job)
 
 
-def _pretrained_checkpoint(session: Session, store: ArtifactStore, job_id: str) -> Path:
+def _pretrained_checkpoint(session: Session, principal: Principal, store: ArtifactStore, job_id: str) -> Path:
     """The last checkpoint of a succeeded pretrain job (404 unknown job, 422 wrong kind or status)."""
-    source = get_or_404(session, TrainingJob, job_id, "job")
+    source = get_or_404(session, principal, TrainingJob, job_id, "job")
     if source.kind != "pretrain" or source.status != JobStatus.SUCCEEDED.value:
         raise _unprocessable(f"expected a succeeded pretrain job, got a {source.status} {source.kind} job ({job_id})")
     return store.run_dir(source.id) / "checkpoints" / "last.pt"
@@ -151,34 +158,37 @@ def _pretrained_checkpoint(session: Session, store: ArtifactStore, job_id: str) 
 @router.get("/jobs", response_model=list[JobPublic])
 def list_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    project: Annotated[str | None, Query(description="admin keys: only this project's jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[JobPublic]:
-    """Jobs, newest first, optionally only those with one status."""
+    """The jobs this key sees, newest first, optionally only those with one status."""
     query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
+    query = visible(query, TrainingJob, principal, project)
     if status_filter is not None:
         query = query.where(TrainingJob.status == status_filter.value)
     return [JobPublic.model_validate(job) for job in session.scalars(query.limit(limit).offset(offset))]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
-    return JobPublic.model_validate(get_or_404(session, TrainingJob, job_id, "job"))
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+    return JobPublic.model_validate(get_or_404(session, principal, TrainingJob, job_id, "job"))
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
-def get_job_metrics(job_id: str, session: SessionDep) -> JobMetrics:
+def get_job_metrics(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobMetrics:
     """Logged steps ordered by step: losses, lr and, on validation steps, the validation DSC."""
-    job = get_or_404(session, TrainingJob, job_id, "job")
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
     rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
     history = [{"step": row.step, **{k: v for k, v in row.values.items() if k != "step"}} for row in rows]
     return JobMetrics(job_id=job.id, history=history)
 
 
 @router.get("/jobs/{job_id}/logs", response_model=JobLogs)
-def get_job_logs(job_id: str, session: SessionDep) -> JobLogs:
-    job = get_or_404(session, TrainingJob, job_id, "job")
+def get_job_logs(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobLogs:
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
     rows = session.scalars(select(JobLog).where(JobLog.job_id == job.id).order_by(JobLog.id))
     lines = [JobLogLine(at=row.created_at, level=row.level, message=row.message) for row in rows]
     return JobLogs(job_id=job.id, lines=lines)
@@ -196,12 +206,12 @@ def _updated(session: Session, statement: Update) -> int:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
     """Queued: cancelled at once. Running: flagged; the worker stops at its next step. Finished: 409.
 
     Conditional updates, so a worker that picks the job up meanwhile cannot be overwritten.
     """
-    job = get_or_404(session, TrainingJob, job_id, "job")
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
     cancelled = {"status": JobStatus.CANCELLED.value, "stage": "cancelled", "finished_at": utcnow()}
     queued = _update_if(job.id, JobStatus.QUEUED).values(cancel_requested=True, **cancelled)
     running = _update_if(job.id, JobStatus.RUNNING).values(cancel_requested=True)
@@ -214,8 +224,8 @@ def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     return JobPublic.model_validate(job)
 
 
-def _study_result(session: Session, job_id: str) -> dict[str, Any]:
-    job = get_or_404(session, TrainingJob, job_id, "job")
+def _study_result(session: Session, principal: Principal, job_id: str) -> dict[str, Any]:
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
     if job.kind != "study" or job.result is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"expected a finished study job, got a {job.status} {job.kind} job"
@@ -224,19 +234,19 @@ def _study_result(session: Session, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/study")
-def get_study(job_id: str, session: SessionDep) -> dict[str, Any]:
+def get_study(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     """The study's Table-I-style report: every (ratio, method) cell with DSC / ASD per class and the means."""
-    result = _study_result(session, job_id)
+    result = _study_result(session, principal, job_id)
     return {key: value for key, value in result.items() if key != "figure_key"}
 
 
 @router.get("/jobs/{job_id}/study.md", response_class=PlainTextResponse)
-def get_study_markdown(job_id: str, session: SessionDep) -> PlainTextResponse:
-    return PlainTextResponse(str(_study_result(session, job_id)["markdown"]), media_type="text/markdown")
+def get_study_markdown(job_id: str, session: SessionDep, principal: PrincipalDep) -> PlainTextResponse:
+    return PlainTextResponse(str(_study_result(session, principal, job_id)["markdown"]), media_type="text/markdown")
 
 
 @router.get("/jobs/{job_id}/study.png")
-def get_study_plot(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+def get_study_plot(job_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> FileResponse:
     """Mean DSC and ASD against the labelled ratio, one line per method."""
-    key = str(_study_result(session, job_id)["figure_key"])
+    key = str(_study_result(session, principal, job_id)["figure_key"])
     return FileResponse(stored_file(store, key, "study plot"), media_type="image/png")

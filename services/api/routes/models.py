@@ -18,9 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mona_core.io import NiftiError
-from services.api.deps import SessionDep, SettingsDep, StoreDep
-from services.api.routes.reports import api_path, get_or_404, report_public, stored_file
+from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from services.api.routes.reports import api_path, report_public, stored_file
 from services.api.schemas.models import ModelPublic, SegmentationPublic
+from services.api.scope import get_or_404, visible
 from services.api.segmentation import Upload, case_id_from, receive_upload, segment_upload
 from services.common.ingest import client_message
 from services.common.models import Model, Report, Segmentation
@@ -39,23 +40,26 @@ _FILE_RESPONSE: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 @router.get("/models", response_model=list[ModelPublic])
 def list_models(
     session: SessionDep,
+    principal: PrincipalDep,
+    project: Annotated[str | None, Query(description="admin keys: only this project's models")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[ModelPublic]:
-    """Exported models, newest first."""
+    """The exported models this key sees, newest first."""
     query = select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+    query = visible(query, Model, principal, project)
     return [ModelPublic.model_validate(model) for model in session.scalars(query)]
 
 
 @router.get("/models/{model_id}", response_model=ModelPublic)
-def get_model(model_id: str, session: SessionDep) -> ModelPublic:
-    return ModelPublic.model_validate(get_or_404(session, Model, model_id, "model"))
+def get_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> ModelPublic:
+    return ModelPublic.model_validate(get_or_404(session, principal, Model, model_id, "model"))
 
 
 @router.get("/models/{model_id}/onnx", response_class=FileResponse, responses={200: _FILE_RESPONSE})
-def get_model_onnx(model_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+def get_model_onnx(model_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> FileResponse:
     """The ONNX graph; its sha256 is ``onnx_sha256`` (and is pinned in the manifest)."""
-    model = get_or_404(session, Model, model_id, "model")
+    model = get_or_404(session, principal, Model, model_id, "model")
     path = stored_file(store, model.onnx_key, "ONNX file")
     return FileResponse(path, media_type="application/octet-stream", filename="model.onnx")
 
@@ -63,9 +67,9 @@ def get_model_onnx(model_id: str, session: SessionDep, store: StoreDep) -> FileR
 @router.get(
     "/models/{model_id}/manifest", response_class=FileResponse, responses={200: {"content": {"application/json": {}}}}
 )
-def get_model_manifest(model_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+def get_model_manifest(model_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> FileResponse:
     """The manifest (preset, size, classes, tensor names, parity, source): what inference needs besides the graph."""
-    model = get_or_404(session, Model, model_id, "model")
+    model = get_or_404(session, principal, Model, model_id, "model")
     return FileResponse(stored_file(store, model.manifest_key, "manifest"), media_type="application/json")
 
 
@@ -110,6 +114,7 @@ def _segmentation_public(request: Request, session: Session, row: Segmentation) 
     return SegmentationPublic(
         id=row.id,
         model_id=row.model_id,
+        project=row.project,
         mask_url=api_path(request, "segmentation_mask", segmentation_id=row.id),
         overlay_url=overlay,
         report_id=row.report_id,
@@ -130,12 +135,13 @@ def segment(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     image: Annotated[UploadFile, File(description="the scan, .nii or .nii.gz")],
     label: Annotated[UploadFile | None, File(description="optional label map on the scan's grid")] = None,
 ) -> Response:
     """Segment one scan: the mask (``mask.nii.gz``, on the input's grid) or, with ``Accept: application/json``,
     a JSON summary. With a label, a DSC/ASD report and an overlay are recorded (``X-Report-Id``)."""
-    model = get_or_404(session, Model, model_id, "model")
+    model = get_or_404(session, principal, Model, model_id, "model")
     image_upload, label_upload = _receive(store, settings, image, label)
     names = {image_upload.path: image.filename or ""}
     if label_upload is not None and label is not None:
@@ -153,8 +159,10 @@ def segment(
 
 
 @segmentations.get("/segmentations/{segmentation_id}", response_model=SegmentationPublic)
-def get_segmentation(segmentation_id: str, request: Request, session: SessionDep) -> SegmentationPublic:
-    row = get_or_404(session, Segmentation, segmentation_id, "segmentation")
+def get_segmentation(
+    segmentation_id: str, request: Request, session: SessionDep, principal: PrincipalDep
+) -> SegmentationPublic:
+    row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
     return _segmentation_public(request, session, row)
 
 
@@ -164,8 +172,10 @@ def get_segmentation(segmentation_id: str, request: Request, session: SessionDep
     response_class=FileResponse,
     responses={200: {"content": {MASK_MEDIA_TYPE: {}}}},
 )
-def get_segmentation_mask(segmentation_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
-    return _mask_response(store, get_or_404(session, Segmentation, segmentation_id, "segmentation"))
+def get_segmentation_mask(
+    segmentation_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> FileResponse:
+    return _mask_response(store, get_or_404(session, principal, Segmentation, segmentation_id, "segmentation"))
 
 
 @segmentations.get(
@@ -174,9 +184,11 @@ def get_segmentation_mask(segmentation_id: str, session: SessionDep, store: Stor
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}}},
 )
-def get_segmentation_overlay(segmentation_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+def get_segmentation_overlay(
+    segmentation_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> FileResponse:
     """The overlay PNG (image, prediction and label); only segmentations made with a label have one."""
-    row = get_or_404(session, Segmentation, segmentation_id, "segmentation")
+    row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
     if row.overlay_key is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"expected a segmentation made with a label, got {row.id} without one"

@@ -1,16 +1,14 @@
 """Reports: queue an evaluation of a model on a dataset split, read a report (DSC/ASD per case), serve overlays.
 
-Also the small helpers the jobs and models routes share: a 404 lookup by id, relative URLs by route name, and
-sending a task after commit (a broker that is down marks the row failed and answers 503).
+Also the small helpers the jobs and models routes share: relative URLs by route name, and sending a task after
+commit (a broker that is down marks the row failed and answers 503).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -18,8 +16,9 @@ from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.api.deps import CeleryDep, SessionDep, StoreDep
+from services.api.deps import CeleryDep, PrincipalDep, SessionDep, StoreDep
 from services.api.schemas.reports import EvaluationCreate, ReportPublic
+from services.api.scope import get_or_404
 from services.common.models import Case, Dataset, JobStatus, Model, Report, ReportEntry, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
 from services.common.tasks import send_evaluate
@@ -27,17 +26,6 @@ from services.common.tasks import send_evaluate
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["reports"])
-
-_ID: Final = re.compile(r"^[0-9a-f]{32}$")
-Row = TypeVar("Row")
-
-
-def get_or_404(session: Session, entity: type[Row], row_id: str, what: str) -> Row:
-    """The row with id ``row_id``; 404 for an unknown or malformed id."""
-    row = session.get(entity, row_id) if _ID.match(row_id) else None
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"expected the id of an existing {what}, got {row_id!r}")
-    return row
 
 
 def api_path(request: Request, name: str, **params: str) -> str:
@@ -94,13 +82,26 @@ def _check_evaluable(session: Session, model: Model, dataset: Dataset, split: st
 
 @router.post("/models/{model_id}/evaluations", status_code=status.HTTP_202_ACCEPTED, response_model=ReportPublic)
 def create_evaluation(
-    model_id: str, body: EvaluationCreate, request: Request, session: SessionDep, celery: CeleryDep
+    model_id: str,
+    body: EvaluationCreate,
+    request: Request,
+    session: SessionDep,
+    celery: CeleryDep,
+    principal: PrincipalDep,
 ) -> ReportPublic:
-    """Queue a DSC/ASD evaluation of the model on the labelled cases of one split; a worker fills the report."""
-    model = get_or_404(session, Model, model_id, "model")
-    dataset = get_or_404(session, Dataset, body.dataset_id, "dataset")
+    """Queue a DSC/ASD evaluation of the model on the labelled cases of one split; a worker fills the report (in
+    the model's project)."""
+    model = get_or_404(session, principal, Model, model_id, "model")
+    dataset = get_or_404(session, principal, Dataset, body.dataset_id, "dataset")
     _check_evaluable(session, model, dataset, body.split)
-    report = Report(id=new_id(), source="evaluation", model_id=model.id, dataset_id=dataset.id, split=body.split)
+    report = Report(
+        id=new_id(),
+        source="evaluation",
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=body.split,
+        project=model.project,
+    )
     session.add(report)
     session.commit()
     send_or_fail(session, report, lambda: send_evaluate(celery, report.id))
@@ -109,8 +110,8 @@ def create_evaluation(
 
 
 @router.get("/reports/{report_id}", response_model=ReportPublic)
-def get_report(report_id: str, request: Request, session: SessionDep) -> ReportPublic:
-    return report_public(request, session, get_or_404(session, Report, report_id, "report"))
+def get_report(report_id: str, request: Request, session: SessionDep, principal: PrincipalDep) -> ReportPublic:
+    return report_public(request, session, get_or_404(session, principal, Report, report_id, "report"))
 
 
 @router.get(
@@ -119,9 +120,11 @@ def get_report(report_id: str, request: Request, session: SessionDep) -> ReportP
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}}},
 )
-def get_report_overlay(report_id: str, case_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+def get_report_overlay(
+    report_id: str, case_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> FileResponse:
     """The overlay PNG of one case (looked up in the report, never used as a path)."""
-    report = get_or_404(session, Report, report_id, "report")
+    report = get_or_404(session, principal, Report, report_id, "report")
     key = (report.overlays or {}).get(case_id)
     if not isinstance(key, str):
         message = f"expected a case id of report {report.id} with an overlay, got {case_id!r}"

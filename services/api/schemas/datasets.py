@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.common.models import PROJECT_PATTERN
+
 MAX_CLASSES = 256  # labels are stored as uint8: values 0..255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -29,6 +31,11 @@ class DatasetCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["ACDC"])
     preset: Literal["mri", "ct"] = "mri"
     classes: list[str] = Field(min_length=2, max_length=MAX_CLASSES, examples=[["background", "RV", "Myo", "LV"]])
+    project: str | None = Field(
+        default=None,
+        pattern=PROJECT_PATTERN,
+        description="the project to create it in: the key's own by default; only admin keys may name another",
+    )
 
     @field_validator("name")
     @classmethod
@@ -58,6 +65,7 @@ class DatasetPublic(BaseModel):
     name: str
     preset: str
     classes: list[str]
+    project: str
     created_at: datetime
     n_cases: int
     n_patients: int

@@ -40,6 +40,7 @@ class JobPublic(BaseModel):
     id: str
     kind: str
     dataset_id: str
+    project: str
     status: JobStatus
     stage: str
     progress: float

@@ -16,6 +16,7 @@ class ModelPublic(BaseModel):
 
     id: str
     job_id: str
+    project: str
     classes: list[str]
     preset: str
     size: int
@@ -31,6 +32,7 @@ class SegmentationPublic(BaseModel):
 
     id: str
     model_id: str
+    project: str
     mask_url: str
     overlay_url: str | None
     report_id: str | None

@@ -45,6 +45,7 @@ class ReportPublic(BaseModel):
     id: str
     source: str
     model_id: str
+    project: str
     dataset_id: str | None
     split: str | None
     status: JobStatus
@@ -70,6 +71,7 @@ class ReportPublic(BaseModel):
             id=report.id,
             source=report.source,
             model_id=report.model_id,
+            project=report.project,
             dataset_id=report.dataset_id,
             split=report.split,
             status=JobStatus(report.status),
