@@ -75,6 +75,7 @@ def embedded_settings(data_dir: Path | None, api_key: str | None) -> tuple[Setti
         overrides["MONA_DATA_DIR"] = data_dir
     given = api_key or os.environ.get("MONA_API_KEY")
     overrides["MONA_API_KEY"] = given or stored_key(Settings(**overrides).data_dir)  # type: ignore[arg-type]
+    overrides["MONA_READY_REQUIRES_WORKER"] = True
     return Settings(**overrides), not given  # type: ignore[arg-type]
 
 

@@ -5,9 +5,10 @@ acknowledges packets (the kernel does), so neither ``connect_timeout`` nor TCP k
 connection's backend stopped answering. ``SocketWatchdog`` is one daemon thread per process: a call registers its
 connection's socket with a deadline, and past it the watchdog shuts the socket down. The blocked driver then sees
 the connection closed, SQLAlchemy invalidates it (a disconnect), and the caller gets ``OperationalError`` (503 in
-the API). ``install_deadlines`` registers every statement (``statement_s`` plus a grace period) and replaces the
-pool's pre-ping with one under a short deadline: a dead or hung pooled connection is swapped for a fresh one,
-whose connect is bounded by ``connect_timeout``.
+the API). ``install_deadlines`` registers every statement and every COMMIT and ROLLBACK (including the pool's
+rollback when a connection is returned) under ``statement_s`` plus a grace period, and replaces the pool's
+pre-ping with one under a short deadline: a dead or hung pooled connection is swapped for a fresh one, whose
+connect is bounded by ``connect_timeout``.
 """
 
 from __future__ import annotations
@@ -131,6 +132,28 @@ def install_deadlines(engine: Engine, statement_s: float, ping_s: float, watchdo
     event.listen(engine, "checkin", on_checkin)
     if statement_s > 0:
         _bound_statements(engine, statement_s + GRACE_S, watchdog)
+        _bound_transaction_ends(engine, statement_s + GRACE_S, watchdog)
+
+
+def _bound_transaction_ends(engine: Engine, seconds: float, watchdog: SocketWatchdog) -> None:
+    """COMMIT and ROLLBACK under the deadline too: they are no statements to SQLAlchemy's cursor events, and a
+    hung server would otherwise hold a commit (or the pool's reset-on-return rollback) for ever. The engine's own
+    dialect object is wrapped, so other engines are untouched."""
+    dialect = engine.dialect
+
+    def bounded(original: Any) -> Any:
+        def end(dbapi_connection: Any) -> None:
+            fileno = _fileno(dbapi_connection)
+            if fileno is None:
+                original(dbapi_connection)
+                return
+            with watchdog.deadline(id(dbapi_connection), fileno, seconds):
+                original(dbapi_connection)
+
+        return end
+
+    dialect.do_commit = bounded(dialect.do_commit)  # type: ignore[method-assign]
+    dialect.do_rollback = bounded(dialect.do_rollback)  # type: ignore[method-assign]
 
 
 def _bounded_ping(watchdog: SocketWatchdog, dbapi_connection: Any, seconds: float) -> None:

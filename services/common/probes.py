@@ -8,6 +8,7 @@ cannot hold the caller past ``timeout`` seconds, whatever the client library doe
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +58,35 @@ def ping_broker(settings: Settings, timeout: float) -> None:
         return
     with Connection(url, connect_timeout=timeout) as connection:  # type: ignore[no-untyped-call]
         connection.ensure_connection(max_retries=1, timeout=timeout)
+
+
+class NoWorker(OSError):
+    """The embedded worker is not running (its lock is not held)."""
+
+
+PROC_LOCKS = Path("/proc/locks")
+
+
+def ping_embedded_worker(settings: Settings) -> None:
+    """The embedded worker holds an exclusive ``flock`` on ``<data dir>/worker.lock`` while it lives (released by
+    the kernel however it dies): look for that lock in ``/proc/locks`` (on Linux; elsewhere, whether the pid
+    written in the file is alive). Nothing is locked here, so a worker starting meanwhile is never refused."""
+    path = settings.worker_lock
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise NoWorker("expected a running worker, got no worker lock") from None
+    if PROC_LOCKS.exists():
+        device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        for line in PROC_LOCKS.read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and "WRITE" in fields and device in fields:
+                return
+        raise NoWorker("expected a running worker, got its lock released")
+    try:
+        os.kill(int(path.read_text().strip()), 0)
+    except (ValueError, ProcessLookupError):
+        raise NoWorker("expected a running worker, got a gone process in its lock file") from None
 
 
 def check_parts(probes: dict[str, Probe], timeout: float) -> dict[str, str]:

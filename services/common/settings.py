@@ -14,6 +14,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
+WORKER_LOCK_NAME = "worker.lock"
+"""The lock file an embedded worker holds (``flock``) in the data directory for its lifetime."""
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,8 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="MONA_LOG_LEVEL")
     staging_max_age_s: float = Field(default=3600.0, gt=0, alias="MONA_STAGING_MAX_AGE_S")
     retention_days: float = Field(default=7.0, gt=0, alias="MONA_RETENTION_DAYS")
+    ready_requires_worker: bool = Field(default=False, alias="MONA_READY_REQUIRES_WORKER")
+    """``/readyz`` also checks that the embedded worker lives (``mona serve`` sets it: it runs one)."""
 
     @property
     def artifact_root(self) -> Path:
@@ -58,6 +62,10 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def worker_lock(self) -> Path:
+        return self.data_dir / WORKER_LOCK_NAME
 
 
 def normalise_database_url(url: str) -> str:

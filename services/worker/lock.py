@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import IO
 
-LOCK_NAME = "worker.lock"
+from services.common.settings import WORKER_LOCK_NAME
+
+LOCK_NAME = WORKER_LOCK_NAME
 LOCKED_EXIT = 3
 """Exit status of ``mona worker`` / ``mona serve`` refused because another worker holds the lock."""
 

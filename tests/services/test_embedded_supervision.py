@@ -8,7 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,24 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         running.process.wait(timeout=60)
 
 
-def test_a_killed_worker_is_restarted_and_trains_the_next_job(serve: Serve, tmp_path: Path) -> None:
+def _ready(serve: Serve) -> httpx.Response:
+    return httpx.get(f"{serve.base}/readyz", timeout=10)
+
+
+def test_a_killed_worker_is_restarted_and_trains_the_next_job(
+    serve: Serve, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     first = serve.worker_pid()
     assert first is not None
+    assert _ready(serve).json()["checks"] == {"database": "ok", "broker": "ok", "worker": "ok"}
+    killed_at = time.monotonic()
     os.kill(first, signal.SIGKILL)
+    refused: list[httpx.Response] = []
+    wait_for(lambda: refused.append(_ready(serve)) or refused[-1].status_code == 503, 10, interval=0.1)
+    assert refused[-1].json()["checks"] == {"database": "ok", "broker": "ok", "worker": "unavailable"}
     wait_for(lambda: serve.worker_pid() not in (None, first), 60, what="a new worker pid")
+    wait_for(lambda: _ready(serve).status_code == 200, 60, interval=0.2, what="/readyz 200 with the new worker")
+    record_property("mona serve worker killed: seconds to /readyz 200 again", round(time.monotonic() - killed_at, 2))
     with httpx.Client(base_url=serve.base, headers={"X-API-Key": API_KEY}, timeout=120) as client:
         dataset_id = _upload_phantoms(client, tmp_path / "phantoms")
         body = {"kind": "supervised", "dataset_id": dataset_id, "labelled_patients": 2, "config": TINY}

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from mona_core.training.progress import ProgressEvent
 from services.api.main import create_app
@@ -140,6 +140,46 @@ def test_statements_end_at_their_deadlines_on_a_slow_or_hung_server(
     finally:
         engine.dispose()
     record_property("hung server: seconds until a statement fails", round(hung_for, 3))
+
+
+def _record_outcome(call: Callable[[], object], outcome: list[BaseException | None]) -> None:
+    """``call()``, appending the database error it raised (or None) to ``outcome``."""
+    try:
+        call()
+    except SQLAlchemyError as exc:
+        outcome.append(exc)
+        return
+    outcome.append(None)
+
+
+def test_commit_and_rollback_end_at_their_deadline_on_a_hung_server(
+    fault_postgres: PostgresServer, record_property: Record
+) -> None:
+    engine = make_engine(fault_postgres.url, DbTimeouts(connect_s=2, statement_s=0.5, pool_s=2))
+    limit = 0.5 + GRACE_S + 1
+    try:
+        for end in ("commit", "rollback"):
+            connection = engine.connect()
+            connection.execute(text("SELECT 1"))
+            outcome: list[BaseException | None] = []
+            worker = threading.Thread(target=_record_outcome, args=(getattr(connection, end), outcome), daemon=True)
+            fault_postgres.pause()
+            started = time.monotonic()
+            try:
+                worker.start()
+                worker.join(limit)
+                hung_for = time.monotonic() - started
+            finally:
+                fault_postgres.resume()
+                worker.join(30)
+                connection.close()
+            assert hung_for < limit and outcome, f"{end} on a hung server still waiting after {hung_for:.1f} s"
+            assert isinstance(outcome[0], OperationalError), f"expected OperationalError, got {outcome[0]!r}"
+            record_property(f"hung server: seconds until a {end} fails", round(hung_for, 3))
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
 
 
 def test_broker_stopped_fails_readiness_and_recovers(
