@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,7 +19,9 @@ from tests.services.test_worker import load_job, log_lines, make_dataset, make_j
 DIVERGING = TrainConfig(iterations=40, size=32, batch_size=2, lr=10.0, val_every=20, checkpoint_every=20, device="cpu")
 
 
-def test_a_diverging_job_fails_clearly_and_publishes_no_model(service_settings: Settings, tmp_path: Path) -> None:
+def test_a_diverging_job_fails_clearly_and_publishes_no_model(
+    service_settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     dataset_id = make_dataset(service_settings, tmp_path)
     job_id = make_job(service_settings, dataset_id, DIVERGING, labelled_patients=2)
     assert run_training_job(service_settings, job_id) == JobStatus.FAILED.value
@@ -31,4 +34,6 @@ def test_a_diverging_job_fails_clearly_and_publishes_no_model(service_settings: 
     assert job.iteration < DIVERGING.iterations
     assert ("ERROR", job.error) in log_lines(service_settings, job_id)
     with session_scope(service_settings.sqlalchemy_url) as session:
-        assert session.scalar(select(func.count()).select_from(Model).where(Model.job_id == job_id)) == 0
+        published = session.scalar(select(func.count()).select_from(Model).where(Model.job_id == job_id))
+    record_property("diverged job: models published", published)
+    assert published == 0

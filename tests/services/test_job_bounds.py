@@ -7,7 +7,7 @@ them (``json.dumps`` writes ``NaN`` / ``Infinity``, which Python's and Starlette
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,18 @@ def _jobs_of(settings: Settings, dataset_id: str) -> int:
 
 @pytest.mark.parametrize(("case", "overrides", "field"), CORPUS, ids=[case for case, _, _ in CORPUS])
 def test_bad_configs_are_422_naming_the_field(
-    api: TestClient, service_settings: Settings, case: str, overrides: dict[str, Any], field: str
+    api: TestClient,
+    service_settings: Settings,
+    case: str,
+    overrides: dict[str, Any],
+    field: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
     dataset_id = insert_dataset(service_settings, labelled=2, unlabelled=1)
     body = job_body(dataset_id, **overrides)
     body["config"] = {"size": 32, **body["config"]}
     response = post_raw(api, "/v1/jobs", body)
+    record_property("bad-config corpus: 5xx answers", int(response.status_code >= 500))
     assert response.status_code == 422, f"{case}: {response.status_code} {response.text}"
     assert field in json.dumps(response.json()["detail"]), f"{case}: {response.text}"
     assert _jobs_of(service_settings, dataset_id) == 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_a_worker_that_lost_its_claim_stops_and_leaves_the_job(
 
 
 def test_a_killed_worker_job_resumes_from_its_checkpoint(
-    service_settings: Settings, tmp_path: Path, retire: list[str]
+    service_settings: Settings, tmp_path: Path, retire: list[str], record_property: Callable[[str, object], None]
 ) -> None:
     settings = service_settings.model_copy(update={"stale_job_seconds": 3.0})
     config = TrainConfig(
@@ -136,6 +137,7 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(
         wait_for(lambda: load_job(settings, job_id).iteration >= 10 and last.is_file(), 120, 0.1, "training")
     finally:
         first.kill()
+    killed_at = time.monotonic()
     crashed = load_job(settings, job_id)
     assert (crashed.status, crashed.attempts) == ("running", 1) and crashed.iteration < 150
     second = WorkerProcess(settings, tmp_path / "worker-2.log").start()
@@ -145,6 +147,10 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(
         second.stop()
     job = load_job(settings, job_id)
     assert (job.status, job.attempts, job.error) == (JobStatus.SUCCEEDED.value, 2, None), second.log.read_text()[-3000:]
+    record_property("worker killed mid-job: jobs lost", int(job.status != JobStatus.SUCCEEDED.value))
+    record_property(
+        "worker killed mid-job: seconds from the kill to the job succeeded", round(time.monotonic() - killed_at, 1)
+    )
     messages = [message for _, message in log_lines(settings, job_id)]
     assert any("requeued after a lost worker" in message for message in messages)
     assert any(message.startswith("resuming from step") for message in messages)

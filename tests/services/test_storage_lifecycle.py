@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def _aged(path: Path, size: int, age_s: float) -> Path:
     return path
 
 
-def test_stale_staging_is_swept_at_api_start_and_fresh_staging_kept(service_settings: Settings) -> None:
+def test_stale_staging_is_swept_at_api_start_and_fresh_staging_kept(
+    service_settings: Settings, record_property: Callable[[str, object], None]
+) -> None:
     store = ArtifactStore(service_settings.artifact_root)
     stale_file = _aged(store.staging_file(".nii.gz"), 1 << 20, TWO_HOURS)
     stale_dir = store.root / "tmp" / ("0" * 32)
@@ -44,6 +47,9 @@ def test_stale_staging_is_swept_at_api_start_and_fresh_staging_kept(service_sett
     _aged(busy_dir / "new.nii.gz", 10, 0)
     os.utime(busy_dir, (time.time() - TWO_HOURS,) * 2)
     with TestClient(create_app(service_settings)):
+        record_property(
+            "staging: bytes left of uploads abandoned 2 h ago", _bytes_under(stale_file) + _bytes_under(stale_dir)
+        )
         assert not stale_file.exists() and not stale_dir.exists()
         assert fresh.exists() and busy_dir.exists()
 
@@ -54,6 +60,13 @@ def test_staging_is_swept_periodically(service_settings: Settings) -> None:
     with TestClient(create_app(settings)):
         left = _aged(store.staging_file(".nii.gz"), 1000, 0)
         wait_for(lambda: not left.exists(), 10, interval=0.2, what="the periodic sweep to remove the staging file")
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes of the file, or of every file under the folder, at ``path`` (0 when it is gone)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
 def _job(settings: Settings, dataset_id: str, status: str, finished: datetime) -> tuple[str, Path]:
@@ -85,7 +98,9 @@ def _model(settings: Settings, job_id: str) -> str:
         return model.id
 
 
-def test_retention_removes_old_failed_runs_and_ad_hoc_masks_only(service_settings: Settings, tmp_path: Path) -> None:
+def test_retention_removes_old_failed_runs_and_ad_hoc_masks_only(
+    service_settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     settings, store = service_settings, ArtifactStore(service_settings.artifact_root)
     dataset_id = make_dataset(settings, tmp_path, patients=2, frames=1)
     failed, cancelled = (_job(settings, dataset_id, status, OLD) for status in ("failed", "cancelled"))
@@ -99,6 +114,8 @@ def test_retention_removes_old_failed_runs_and_ad_hoc_masks_only(service_setting
 
     RecoveryLoop(settings).run_once()
 
+    left = sum(_bytes_under(run) for run in (failed[1], cancelled[1])) + _bytes_under(store.path(alone))
+    record_property("retention: bytes left of expired failed/cancelled runs and ad-hoc masks", left)
     assert not failed[1].exists() and not cancelled[1].exists()
     assert succeeded[1].exists() and recent[1].exists()
     assert not store.path(alone).exists() and store.path(shared).exists() and store.path(reported).exists()
