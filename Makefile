@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench faults clean
+.PHONY: install demo test lint typecheck unit bench faults docker-host compose-up compose-down stack-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ bench: $(STAMP)
 
 faults: $(STAMP)
 	.ci/with-services $(BIN)/python benchmarks/faults.py
+
+# Containers (deploy/README.md): an engine where there is none, then the compose stack on 127.0.0.1:8000.
+docker-host:
+	bash deploy/local/docker-host.sh
+
+compose-up: $(STAMP)
+	bash deploy/local/compose-up.sh
+
+compose-down:
+	deploy/local/compose down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     worker = sub.add_parser("worker", help="run a Celery worker for training, export and evaluation jobs")
     worker.add_argument("--queues", help="comma-separated queues (default: MONA_WORKER_QUEUES, gpu,cpu)")
     worker.add_argument("--concurrency", type=int, default=1, help="processes; use one per GPU")
+    worker.add_argument(
+        "--ping",
+        action="store_true",
+        help="health check instead of a worker: exit 0 when a worker on this host answers a Celery ping, else 1",
+    )
+    worker.add_argument("--ping-timeout", type=float, default=5.0, help="seconds to wait for the ping's answer")
     worker.set_defaults(handler=_worker)
 
     db = sub.add_parser("db", help="database administration")
@@ -75,8 +81,10 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from services.worker.main import run_worker
+    from services.worker.main import ping_local_worker, run_worker
 
+    if args.ping:
+        return 0 if ping_local_worker(args.ping_timeout) else 1
     return run_worker(queues=args.queues, concurrency=args.concurrency)
 
 

@@ -41,6 +41,30 @@ def worker_argv(settings: Settings, queues: str | None, concurrency: int) -> lis
     return argv
 
 
+def ping_local_worker(timeout: float) -> bool:
+    """Whether a worker on this host (``mona-<pid>@<hostname>``) answers a Celery control ping within ``timeout``
+    seconds: the container healthcheck. The embedded broker has no remote control, so there it is the data
+    directory's worker lock that tells."""
+    settings = get_settings()
+    if settings.embedded_broker:
+        from services.common.probes import NoWorker, ping_embedded_worker
+
+        try:
+            ping_embedded_worker(settings)
+        except NoWorker as exc:
+            logger.error("%s", exc)
+            return False
+        return True
+    from services.common.tasks import make_celery
+
+    suffix = f"@{socket.gethostname()}"
+    replies = make_celery(settings).control.ping(timeout=timeout)
+    answered = sorted(name for reply in replies for name in reply if name.endswith(suffix))
+    if not answered:
+        logger.error("expected a worker on %s to answer a ping within %.0f s, got none", suffix[1:], timeout)
+    return bool(answered)
+
+
 def run_worker(queues: str | None, concurrency: int) -> int:
     """Run the worker until it is stopped; returns its exit code (``LOCKED_EXIT`` when the data directory's
     worker lock is held by another worker on the embedded broker)."""

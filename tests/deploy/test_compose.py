@@ -106,12 +106,31 @@ def test_api_waits_for_migrations_and_redis(compose: dict[str, Any]) -> None:
 
 def test_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["postgres"]["image"].startswith("postgres:15")
+    assert interpolate(services["postgres"]["image"]) == "postgres:15", "the official image is the default"
+    assert interpolate(services["redis"]["image"]) == "redis:7"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     api_check = " ".join(services["api"]["healthcheck"]["test"])
     assert "urllib" in api_check and "127.0.0.1:8000/readyz" in api_check
-    assert "8000" in str(services["api"]["ports"])
+    assert interpolate(str(services["api"]["ports"])) == "['127.0.0.1:8000:8000']"
+    for name in ("worker", "worker-gpu"):
+        check = services[name]["healthcheck"]["test"]
+        assert check[0] == "CMD" and parse_mona_command(check[1:]).ping, f"{name}: expected `mona worker --ping`"
+
+
+def test_logs_are_rotated_everywhere(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_base_images_default_to_the_official_ones(app_services: dict[str, dict[str, Any]]) -> None:
+    args = {name: interpolate(value) for name, value in app_services["api"]["build"]["args"].items()}
+    assert args == {
+        "PYTHON_IMAGE": "python:3.11-slim",
+        "PIP_INDEX_ARGS": "--extra-index-url https://download.pytorch.org/whl/cpu",
+    }
 
 
 def test_gpu_worker_is_a_profile_that_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:

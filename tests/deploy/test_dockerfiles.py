@@ -101,7 +101,12 @@ def hadolint_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("hadolint")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+LOCAL_DOCKERFILES = tuple(
+    sorted(path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "deploy/local").glob("*.Dockerfile"))
+)
+
+
+@pytest.mark.parametrize("dockerfile", [*DOCKERFILES, *LOCAL_DOCKERFILES])
 def test_hadolint_is_clean(dockerfile: str) -> None:
     binary = hadolint_binary()
     if binary is None:
@@ -145,7 +150,10 @@ def test_cpu_image_installs_from_the_lock_with_cpu_torch(tmp_path: Path) -> None
     installs = pip_installs("Dockerfile")
     assert any(tokens[-1:] == ["."] and "-c" in tokens and "constraints.txt" in tokens for tokens in installs)
     assert all("constraints.txt" in tokens for tokens in installs), "every install is pinned by the lock"
-    assert any("https://download.pytorch.org/whl/cpu" in tokens for tokens in installs)
+    assert all("${PIP_INDEX_ARGS}" in tokens and "/wheelhouse" in tokens for tokens in installs)
+    index_args = [args for args in arguments("Dockerfile", "ARG") if args.startswith("PIP_INDEX_ARGS=")]
+    assert index_args == ['PIP_INDEX_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"']
+    assert "PYTHON_IMAGE=python:3.11-slim" in arguments("Dockerfile", "ARG")
     pins = lines(REPO_ROOT / "constraints.txt")
     assert any(p.startswith("onnxruntime==") for p in pins) and not any(p.startswith("onnxruntime-gpu") for p in pins)
     assert "torch==2.13.0" in pins
