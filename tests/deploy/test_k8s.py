@@ -10,15 +10,21 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from services.common.migrate import upgrade_head
+from services.common.models import Dataset, Model, Report, TrainingJob
 from services.common.settings import Settings
+from services.common.tasks import EVALUATE_TASK, QUEUE_GPU, ROUTES, TRAIN_TASK
 from tests.deploy import REPO_ROOT, parse_mona_command, settings_aliases
 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 NAMESPACE = "mona"
 WORKLOAD_KINDS = {"Deployment", "Job"}
-APPLY_ORDER = ["Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Job", "Deployment"]
+APPLY_ORDER = ["Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Job", "Deployment", "PodDisruptionBudget"]
+KUSTOMIZATION = "kustomization.yaml"
 """``kubectl apply -f deploy/k8s/`` applies the files in name order: each kind must come after what it needs."""
 
 Doc = dict[str, Any]
@@ -27,6 +33,8 @@ Doc = dict[str, Any]
 def load_documents() -> list[tuple[Path, Doc]]:
     documents = []
     for path in sorted(K8S_DIR.glob("*.yaml")):
+        if path.name == KUSTOMIZATION:
+            continue
         documents += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
     return documents
 
@@ -61,7 +69,16 @@ def container_argv(container: Doc) -> list[str]:
 
 def test_manifests_exist() -> None:
     kinds = sorted({doc["kind"] for _, doc in DOCUMENTS})
-    expected = ["ConfigMap", "Deployment", "Job", "Namespace", "PersistentVolumeClaim", "Secret", "Service"]
+    expected = [
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "Namespace",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
     assert kinds == expected
 
 
@@ -176,3 +193,105 @@ def test_artifact_volume_is_shared_at_the_data_dir() -> None:
         mounts = {m["mountPath"]: m["name"] for m in only_container(deployment)["volumeMounts"]}
         assert claims.get(mounts.get(data_dir, "")) == "mona-artifacts", f"{name}: expected the PVC at {data_dir}"
         assert pod_spec(deployment)["securityContext"]["fsGroup"] == 10001, f"{name}: the images' uid/gid"
+
+
+def _yaml(path: Path) -> Doc:
+    doc: Doc = yaml.safe_load(path.read_text())
+    return doc
+
+
+def test_kustomization_applies_every_manifest_and_sets_the_images_once() -> None:
+    kustomization = _yaml(K8S_DIR / KUSTOMIZATION)
+    manifests = sorted(path.name for path in K8S_DIR.glob("*.yaml") if path.name != KUSTOMIZATION)
+    assert kustomization["resources"] == manifests, "`kubectl apply -k` must apply what `apply -f` would"
+    images = {image["name"]: image for image in kustomization["images"]}
+    for doc in workloads():
+        name, _, tag = only_container(doc)["image"].rpartition(":")
+        assert name in images, f"{doc['metadata']['name']}: image {name} is not set in {KUSTOMIZATION}"
+        assert images[name]["newTag"] == tag and images[name]["newName"] == name
+
+
+def test_workers_are_probed_with_a_celery_ping() -> None:
+    for name in ("mona-worker-gpu", "mona-worker-cpu"):
+        container = only_container(named("Deployment", name))
+        for probe in ("startupProbe", "livenessProbe"):
+            args = parse_mona_command(container[probe]["exec"]["command"])
+            assert (args.command, args.ping) == ("worker", True), f"{name} {probe}"
+            assert container[probe]["timeoutSeconds"] > args.ping_timeout, f"{name} {probe}: the ping must fit"
+
+
+def test_disruption_budgets_select_their_deployments() -> None:
+    for name, key in (("mona-api", "minAvailable"), ("mona-worker-gpu", "maxUnavailable")):
+        budget = named("PodDisruptionBudget", name)
+        labels = named("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        assert budget["spec"][key] == 1, name
+
+
+KEDA_DIR = K8S_DIR / "keda"
+
+
+def keda_documents() -> dict[str, Doc]:
+    docs = [doc for path in sorted(KEDA_DIR.glob("*.yaml")) if path.name != KUSTOMIZATION for doc in [_yaml(path)]]
+    return {doc["kind"]: doc for doc in docs}
+
+
+def test_keda_scales_the_gpu_workers_to_zero_on_the_queue_and_the_database() -> None:
+    kustomization = _yaml(KEDA_DIR / KUSTOMIZATION)
+    assert kustomization["resources"][0] == ".." and all(
+        (KEDA_DIR / r).is_file() for r in kustomization["resources"][1:]
+    )
+    docs = keda_documents()
+    scaled = docs["ScaledObject"]
+    assert scaled["metadata"]["namespace"] == NAMESPACE
+    assert named("Deployment", scaled["spec"]["scaleTargetRef"]["name"])["metadata"]["name"] == "mona-worker-gpu"
+    assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] >= 1
+    triggers = {trigger["type"]: trigger for trigger in scaled["spec"]["triggers"]}
+    assert triggers["redis"]["metadata"]["listName"] == QUEUE_GPU == ROUTES[TRAIN_TASK] == ROUTES[EVALUATE_TASK]
+    secret_keys = set(docs["Secret"]["stringData"])
+    auth = docs["TriggerAuthentication"]
+    assert {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]} == {"connection", "address", "password"}
+    assert {ref["key"] for ref in auth["spec"]["secretTargetRef"]} <= secret_keys
+    assert all(ref["name"] == docs["Secret"]["metadata"]["name"] for ref in auth["spec"]["secretTargetRef"])
+    for trigger in triggers.values():
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+
+
+def test_keda_query_counts_unfinished_gpu_work_on_the_real_schema(tmp_path: Path) -> None:
+    """The ScaledObject's SQL, run on a database migrated to head: queued and running jobs and evaluations count."""
+    query = keda_documents()["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
+    url = f"sqlite:///{tmp_path / 'keda.db'}"
+    upgrade_head(url)
+    engine = create_engine(url)
+
+    def demand() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(text(query)).scalar_one())
+
+    assert demand() == 0
+    with Session(engine) as session, session.begin():
+        session.add(Dataset(id="d" * 32, name="x", preset="mri", classes=["background", "LV"]))
+        session.flush()
+        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+            session.add(TrainingJob(kind="supervised", dataset_id="d" * 32, config={}, status=status))
+        session.flush()
+        session.add(TrainingJob(id="j" * 32, kind="supervised", dataset_id="d" * 32, config={}, status="succeeded"))
+        session.flush()
+        session.add(
+            Model(
+                id="m" * 32,
+                job_id="j" * 32,
+                onnx_key="k",
+                manifest_key="k",
+                onnx_sha256="0" * 64,
+                classes=["background", "LV"],
+                preset="mri",
+                size=32,
+                metrics={},
+            )
+        )
+        session.flush()
+        session.add(Report(source="evaluation", model_id="m" * 32, status="running"))
+        session.add(Report(source="segmentation", model_id="m" * 32, status="queued"))
+    assert demand() == 3, "2 unfinished jobs + 1 unfinished evaluation (a segmentation runs in the API, not on a GPU)"
+    engine.dispose()
