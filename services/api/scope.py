@@ -30,7 +30,7 @@ def not_found(what: str, row_id: str) -> HTTPException:
 def get_or_404(session: Session, principal: Principal, entity: type[Row], row_id: str, what: str) -> Row:
     """The row with id ``row_id`` if the caller's key sees its project; 404 for unknown, malformed or not visible."""
     row = session.get(entity, row_id) if _ID.match(row_id) else None
-    if row is None or not principal.sees(row.project):
+    if row is None or not principal.sees(row.project) or (isinstance(row, Dataset) and row.deleted_at is not None):
         raise not_found(what, row_id)
     return row
 

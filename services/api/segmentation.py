@@ -142,6 +142,11 @@ class SegmenterCache:
                 self._items.popitem(last=False)
         return kept
 
+    def forget(self, model_dir: Path) -> None:
+        """Drop the segmenter of ``model_dir`` (its model was deleted)."""
+        with self._lock:
+            self._items.pop(model_dir, None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

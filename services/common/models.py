@@ -75,6 +75,8 @@ class Dataset(Base):
     classes: Mapped[list[Any]] = mapped_column()
     project: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Set when the dataset was deleted: its cases are gone, the nameless row stays for the jobs trained on it."""
 
 
 class Case(Base):

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="MONA_LOG_LEVEL")
     staging_max_age_s: float = Field(default=3600.0, gt=0, alias="MONA_STAGING_MAX_AGE_S")
     retention_days: float = Field(default=7.0, gt=0, alias="MONA_RETENTION_DAYS")
+    object_grace_s: float = Field(default=60.0, ge=0, alias="MONA_OBJECT_GRACE_S")
+    """A stored object younger than this is never removed as unreferenced (an upload may be about to use it)."""
     ready_requires_worker: bool = Field(default=False, alias="MONA_READY_REQUIRES_WORKER")
     """``/readyz`` also checks that the embedded worker lives (``mona serve`` sets it: it runs one)."""
 

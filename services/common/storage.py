@@ -10,6 +10,7 @@ so no user-supplied name ever reaches the filesystem.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import time
@@ -75,6 +76,7 @@ class ArtifactStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             source.unlink()
+            os.utime(target)  # fresh again: a deletion racing with this upload leaves it (see deletion.py)
         else:
             source.replace(target)
         return Artifact(key=key, sha256=digest, size=size)

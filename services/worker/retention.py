@@ -4,7 +4,9 @@ recovery pass (``services.worker.recovery.RecoveryLoop``).
 - the run directory (checkpoints, metrics) of a job that finished ``failed`` or ``cancelled`` that long ago;
   a succeeded job's run directory is kept (a fine-tuning job may start from it);
 - an ad-hoc segmentation (``POST /v1/models/{id}/segment`` without a label, so part of no report) older than that:
-  its row and its mask, unless the same content-addressed mask is still used by another segmentation or a case.
+  its row and its mask, unless the same content-addressed mask is still used by another segmentation or a case;
+- stored objects that no row references and that are older than ``ORPHAN_GRACE_S`` (what a crash between a
+  deletion's commit and its unlinking left, or an object a deletion kept because it was fresh).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import Engine, delete, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.common.deletion import sweep_orphans
 from services.common.models import Case, JobStatus, Segmentation, TrainingJob, utcnow
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore, StorageError
@@ -26,10 +29,16 @@ from services.common.storage import ArtifactStore, StorageError
 logger = logging.getLogger(__name__)
 
 
+ORPHAN_GRACE_S = 24 * 3600.0
+"""Unreferenced objects younger than this are left alone by the sweep: an archive upload may still be storing its
+cases (its rows are committed once, at the end)."""
+
+
 @dataclass(frozen=True)
 class Swept:
     run_dirs: int = 0
     masks: int = 0
+    orphans: int = 0
     bytes_freed: int = 0
 
 
@@ -42,11 +51,14 @@ def apply_retention(settings: Settings, engine: Engine) -> Swept:
             runs = _expired_run_dirs(session, store, cutoff)
             count, unused = _expired_segmentations(session, store, cutoff)
         masks = count, _unlink(unused)  # after the commit: a failed commit leaves no row without its mask
+        with Session(engine) as session:
+            orphans = sweep_orphans(session, store, max(settings.object_grace_s, ORPHAN_GRACE_S))
     except (SQLAlchemyError, OSError, StorageError) as exc:
         logger.warning("retention pass failed (retrying later): %s", exc)
         return Swept()
-    swept = Swept(run_dirs=runs[0], masks=masks[0], bytes_freed=runs[1] + masks[1])
-    if swept.run_dirs or swept.masks:
+    freed = runs[1] + masks[1] + orphans.bytes_freed
+    swept = Swept(run_dirs=runs[0], masks=masks[0], orphans=orphans.objects, bytes_freed=freed)
+    if swept.run_dirs or swept.masks or swept.orphans:
         logger.info("retention: removed %s (older than %g days)", swept, settings.retention_days)
     return swept
 

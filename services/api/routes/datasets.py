@@ -11,17 +11,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from mona_core.data.dataset import DatasetError
+from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.schemas.datasets import ArchivePublic, CasePublic, DatasetCreate, DatasetPublic, check_plain_text
 from services.api.scope import get_or_404, project_for_new, visible
 from services.api.uploads import Received, UploadSpec, receive_multipart
-from services.common import ingest
+from services.common import deletion, ingest
 from services.common.archives import ArchiveError, ArchiveLimits, archive_suffix, extract_archive
 from services.common.auth import Principal
 from services.common.models import Case, Dataset
@@ -127,7 +128,7 @@ def list_datasets(
 ) -> list[DatasetPublic]:
     """The datasets this key sees, newest first."""
     query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
-    query = visible(query, Dataset, principal, project)
+    query = visible(query, Dataset, principal, project).where(Dataset.deleted_at.is_(None))
     return _publics(session, list(session.scalars(query)))
 
 
@@ -242,3 +243,43 @@ def _ingest_archive(
         staged = ingest.cases_from_nnunet(folder, dataset)
         checked = [ingest.check_case(case, len(dataset.classes), settings.max_voxels) for case in staged]
         return ingest.store_cases(session, store, dataset.id, checked)
+
+
+@router.delete(
+    "/datasets/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_dataset(
+    dataset_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    """Delete a dataset: every case with its images and labels (files shared with another dataset stay). Jobs and
+    models trained on it keep its id; it answers 404 from now on. 409 while a job or evaluation on it is
+    unfinished."""
+    dataset = _dataset_or_404(session, principal, dataset_id)
+    return finish_deletion(
+        session, store, settings, f"dataset {dataset.id}", lambda: deletion.delete_dataset(session, dataset)
+    )
+
+
+@router.delete(
+    "/datasets/{dataset_id}/cases/{case_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_case(
+    dataset_id: str,
+    case_id: str,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+) -> Response:
+    """Delete one case (by its case id) with its image and label files; 409 while a job on the dataset is
+    unfinished."""
+    dataset = _dataset_or_404(session, principal, dataset_id)
+    case = session.scalar(select(Case).where(Case.dataset_id == dataset.id, Case.case_id == case_id))
+    if case is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"expected a case id of dataset {dataset.id}, got {case_id!r}")
+    what = f"case {case_id!r} of dataset {dataset.id}"
+    return finish_deletion(session, store, settings, what, lambda: deletion.delete_case(session, dataset, case))

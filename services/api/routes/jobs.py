@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Final, cast
 
 from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from mona_core.training.config import METHODS, StudyConfig, TrainConfig
-from services.api.deps import CeleryDep, PrincipalDep, SessionDep, StoreDep
+from services.api.deletions import DELETE_RESPONSES, finish_deletion
+from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import send_or_fail, stored_file
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
 from services.api.scope import get_or_404, visible
+from services.common import deletion
 from services.common.auth import Principal
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
@@ -250,3 +252,18 @@ def get_study_plot(job_id: str, session: SessionDep, store: StoreDep, principal:
     """Mean DSC and ASD against the labelled ratio, one line per method."""
     key = str(_study_result(session, principal, job_id)["figure_key"])
     return FileResponse(stored_file(store, key, "study plot"), media_type="image/png")
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_job(
+    job_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    """Delete a finished job: its row, metrics, logs and checkpoints. 409 while it is queued or running (cancel it
+    first) or while its model exists (delete the model first)."""
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
+    what = f"job {job.id}"
+    return finish_deletion(session, store, settings, what, lambda: deletion.delete_job(session, store, job))

@@ -18,11 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mona_core.io import NiftiError
+from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import api_path, report_public, stored_file
 from services.api.schemas.models import ModelPublic, SegmentationPublic
 from services.api.scope import get_or_404, visible
-from services.api.segmentation import Upload, case_id_from, receive_upload, segment_upload
+from services.api.segmentation import SEGMENTERS, Upload, case_id_from, receive_upload, segment_upload
+from services.common import deletion
 from services.common.ingest import client_message
 from services.common.models import Model, Report, Segmentation
 from services.common.settings import Settings
@@ -194,6 +196,39 @@ def get_segmentation_overlay(
             status.HTTP_404_NOT_FOUND, f"expected a segmentation made with a label, got {row.id} without one"
         )
     return FileResponse(stored_file(store, row.overlay_key, "overlay"), media_type="image/png")
+
+
+@router.delete(
+    "/models/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_model(
+    model_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    """Delete a model: its ONNX file and manifest, its segmentations (masks, overlays) and its reports. 409 while an
+    evaluation of it is unfinished."""
+    model = get_or_404(session, principal, Model, model_id, "model")
+    model_dir = (store.root / "models" / model.id).resolve()
+    response = finish_deletion(
+        session, store, settings, f"model {model.id}", lambda: deletion.delete_model(session, store, model)
+    )
+    SEGMENTERS.forget(model_dir)
+    return response
+
+
+@segmentations.delete(
+    "/segmentations/{segmentation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_segmentation(
+    segmentation_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    """Delete a segmentation: its mask, its overlay and the report made with its label."""
+    row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
+    what = f"segmentation {row.id}"
+    return finish_deletion(session, store, settings, what, lambda: deletion.delete_segmentation(session, row))
 
 
 router.include_router(segmentations)

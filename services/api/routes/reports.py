@@ -12,13 +12,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.api.deps import CeleryDep, PrincipalDep, SessionDep, StoreDep
+from services.api.deletions import DELETE_RESPONSES, finish_deletion
+from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.schemas.reports import EvaluationCreate, ReportPublic
 from services.api.scope import get_or_404
+from services.common import deletion
 from services.common.models import Case, Dataset, JobStatus, Model, Report, ReportEntry, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
 from services.common.tasks import send_evaluate
@@ -130,3 +132,18 @@ def get_report_overlay(
         message = f"expected a case id of report {report.id} with an overlay, got {case_id!r}"
         raise HTTPException(status.HTTP_404_NOT_FOUND, message)
     return FileResponse(stored_file(store, key, "overlay"), media_type="image/png")
+
+
+@router.delete(
+    "/reports/{report_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=DELETE_RESPONSES,
+)
+def delete_report(
+    report_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    """Delete a finished report with its per-case entries and overlays; 409 while it is queued or running."""
+    report = get_or_404(session, principal, Report, report_id, "report")
+    return finish_deletion(
+        session, store, settings, f"report {report.id}", lambda: deletion.delete_report(session, report)
+    )
