@@ -31,10 +31,10 @@ MAX_MEMBERS = 10_000
 METADATA_LIMIT = 1 << 16  # bytes of one pax / GNU long-name header
 _BLOCK = 512
 _CHUNK = 1 << 20
-_LAYOUT_DIRS = ("imagesTr", "labelsTr")
+_LAYOUT_DIRS = ("imagesTr", "labelsTr", "imagesTs")
 _LAYOUT_JSON = ("dataset.json", "splits.json")
-_LAYOUT_FILE = re.compile(r"^(imagesTr|labelsTr)/[A-Za-z0-9][A-Za-z0-9_.-]{0,250}\.nii(\.gz)?$")
-_LAYOUT_HELP = "imagesTr/*.nii.gz, labelsTr/*.nii.gz, dataset.json, splits.json"
+_LAYOUT_FILE = re.compile(r"^(imagesTr|labelsTr|imagesTs)/[A-Za-z0-9][A-Za-z0-9_.-]{0,250}\.nii(\.gz)?$")
+_LAYOUT_HELP = "imagesTr/*.nii.gz, labelsTr/*.nii.gz, imagesTs/*.nii.gz, dataset.json, splits.json"
 _TAR_METADATA = (b"x", b"g", b"X", b"L", b"K")
 _TAR_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # tarfile skips no data after these headers
 

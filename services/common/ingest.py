@@ -11,7 +11,8 @@ A case goes through three steps, and nothing reaches the store before every case
 3. The caller discards whatever staging files remain.
 
 ``cases_from_nnunet`` lists the cases of an unpacked nnU-Net raw folder (``imagesTr``, ``labelsTr``, optional
-``dataset.json`` and ``splits.json``) through ``mona_core.data.load_nnunet_raw``.
+``dataset.json`` and ``splits.json``) through ``mona_core.data.load_nnunet_raw``, plus ``imagesTs`` (unlabelled
+scans, split ``test``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mona_core.data.dataset import load_nnunet_raw, patient_of
+from mona_core.data.dataset import CHANNEL_SUFFIX, load_nnunet_raw, patient_of
 from mona_core.io import Geometry, NiftiError, read_image, read_label
 from services.common.models import Case, Dataset, Segmentation
 from services.common.storage import ArtifactStore
@@ -229,7 +230,7 @@ def cases_from_nnunet(folder: Path, dataset: Dataset) -> list[StagedCase]:
     if list(index.classes) != classes:
         raise IngestError(f"expected dataset.json labels {classes}, got {list(index.classes)}")
     split_of = _split_of(index.splits) if has_splits else {}
-    return [
+    training = [
         StagedCase(
             case_id=check_identifier(record.case_id, "case id"),
             patient_id=check_identifier(record.patient_id, "patient id"),
@@ -241,6 +242,32 @@ def cases_from_nnunet(folder: Path, dataset: Dataset) -> list[StagedCase]:
         )
         for record in index.cases
     ]
+    return training + _test_cases(folder / "imagesTs")
+
+
+def _test_cases(folder: Path) -> list[StagedCase]:
+    """nnU-Net's ``imagesTs/<case>_0000.nii.gz``: unlabelled scans in split ``test`` (kept out of training; there
+    to be segmented, e.g. by a batch segmentation of the split)."""
+    if not folder.is_dir():
+        return []
+    cases = []
+    for path in sorted(folder.iterdir()):
+        suffix = nifti_suffix(path.name)
+        stem = path.name[: -len(suffix)]
+        if not stem.endswith(CHANNEL_SUFFIX) or len(stem) == len(CHANNEL_SUFFIX):
+            raise IngestError(f"expected imagesTs/<case>{CHANNEL_SUFFIX}{suffix} names, got imagesTs/{path.name}")
+        case_id = check_identifier(stem[: -len(CHANNEL_SUFFIX)], "case id")
+        cases.append(
+            StagedCase(
+                case_id=case_id,
+                patient_id=check_identifier(patient_of(case_id), "patient id"),
+                split="test",
+                image=path,
+                label=None,
+                image_name=f"imagesTs/{path.name}",
+            )
+        )
+    return cases
 
 
 def _split_of(splits: dict[str, tuple[str, ...]]) -> dict[str, str]:

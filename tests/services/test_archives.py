@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -216,6 +217,25 @@ def test_zip_without_metadata_goes_to_train_and_nnunet_folds_use_fold_0(api: Tes
     assert result["status"] == 201, result
     splits = {case["case_id"]: case["split"] for case in result["cases"]}  # type: ignore[attr-defined]
     assert splits == {"patient001_frame01": "train", "patient002_frame01": "val", "patient003_frame01": "train"}
+
+
+def test_images_ts_become_unlabelled_test_cases(api: TestClient, tmp_path: Path) -> None:
+    folder = phantom_folder(tmp_path)
+    (folder / "imagesTs").mkdir()
+    scan = folder / "imagesTs" / "patient009_frame01_0000.nii.gz"
+    shutil.copy(folder / "imagesTr" / "patient001_frame01_0000.nii.gz", scan)
+    dataset_id = create_dataset(api)
+    result = post_archive(api, dataset_id, "phantom.zip", make_zip(folder_members(folder)))
+    assert result["status"] == 201, result
+    cases = {case["case_id"]: case for case in result["cases"]}  # type: ignore[attr-defined]
+    test = cases["patient009_frame01"]
+    assert (test["split"], test["role"], test["label_sha256"]) == ("test", "unlabelled", None)
+    assert test["patient_id"] == "patient009"
+    assert api.get(f"/v1/datasets/{dataset_id}").json()["splits"]["test"] == 1
+
+    scan.rename(folder / "imagesTs" / "loose.nii.gz")
+    refused = post_archive(api, create_dataset(api), "phantom.zip", make_zip(folder_members(folder)))
+    assert refused["status"] == 422 and "imagesTs/<case>_0000" in str(refused["detail"]), refused
 
 
 def _with_bad_label(tmp_path: Path) -> Members:
