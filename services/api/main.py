@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from services.api.deps import require_api_key
 from services.api.errors import install_error_handlers
 from services.api.keygate import ApiKeyGate
-from services.api.routes import account, datasets, health, jobs, models, reports
+from services.api.routes import account, batches, datasets, health, jobs, models, reports
 from services.api.staging import sweep_once, sweep_periodically
 from services.common.auth import rotate_bootstrap
 from services.common.db import session_scope
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyGate, database_url=settings.sqlalchemy_url)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (account, datasets, jobs, models, reports):
+    for module in (account, datasets, jobs, batches, models, reports):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

@@ -127,6 +127,8 @@ def delete_reports(session: Session, reports: Iterable[Report]) -> Removal:
         removal.objects |= _report_keys(report)
         ids.append(report.id)
     if ids:
+        batch_rows = session.scalars(select(Segmentation).where(Segmentation.batch_id.in_(ids)))
+        removal.add(delete_segmentations(session, list(batch_rows)))
         session.execute(update(Segmentation).where(Segmentation.report_id.in_(ids)).values(report_id=None))
         session.execute(delete(ReportEntry).where(ReportEntry.report_id.in_(ids)))
         session.execute(delete(Report).where(Report.id.in_(ids)))

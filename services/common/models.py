@@ -167,9 +167,13 @@ class Model(Base):
 
 
 class Segmentation(Base):
+    """One segmented scan: an upload to ``/segment``, or one case of a batch (``batch_id``, ``case_id``)."""
+
     __tablename__ = "segmentations"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("reports.id"), index=True, default=None)
+    case_id: Mapped[str | None] = mapped_column(String(200), default=None)
     project: Mapped[str] = project_column()
     input_sha256: Mapped[str] = mapped_column(String(64))
     mask_key: Mapped[str] = mapped_column(String(120))
@@ -181,7 +185,9 @@ class Segmentation(Base):
 
 
 class Report(Base):
-    """A DSC/ASD report: of a model on a dataset split (``source`` evaluation) or of one segmentation."""
+    """A DSC/ASD report: of a model on a dataset split (``source`` evaluation), of one segmentation, or of a batch
+    segmentation (``source`` batch: the cases of a split or ``case_ids``, each a ``Segmentation`` row; entries for
+    the labelled ones). Evaluations and batches are worker tasks: status, progress, attempts and heartbeat."""
 
     __tablename__ = "reports"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -198,6 +204,10 @@ class Report(Base):
     overlays: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    case_ids: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    """A batch's requested cases (None: every case of ``split``)."""
+    queue: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The worker queue the task goes to (None: the gpu queue)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -15,9 +15,12 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.common.jobs import NO_SYNC, as_utc, rowcount
-from services.common.models import JobStatus, Report, utcnow
+from services.common.models import Case, JobStatus, Report, utcnow
 
 EVALUATION = "evaluation"
+BATCH = "batch"
+WORKER_SOURCES = (EVALUATION, BATCH)
+"""Reports a worker fills (claimed, beaten, recovered): evaluations and batch segmentations."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class StaleReport:
 def _stale(stale_seconds: float) -> ColumnElement[bool]:
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
     return and_(
-        Report.source == EVALUATION,
+        Report.source.in_(WORKER_SOURCES),
         Report.status == JobStatus.RUNNING.value,
         or_(Report.heartbeat_at.is_(None), Report.heartbeat_at < cutoff),
     )
@@ -46,7 +49,7 @@ def claim_report(session: Session, report_id: str, stale_seconds: float) -> bool
     )
     statement = (
         update(Report)
-        .where(Report.id == report_id, Report.source == EVALUATION, claimable)
+        .where(Report.id == report_id, Report.source.in_(WORKER_SOURCES), claimable)
         .values(
             status=JobStatus.RUNNING.value,
             progress=0.0,
@@ -82,7 +85,7 @@ def waiting_reports(session: Session, older_than_s: float) -> list[str]:
     """Ids of evaluations queued (never claimed, or requeued) and created more than ``older_than_s`` seconds ago."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     statement = select(Report.id).where(
-        Report.source == EVALUATION, Report.status == JobStatus.QUEUED.value, Report.created_at < cutoff
+        Report.source.in_(WORKER_SOURCES), Report.status == JobStatus.QUEUED.value, Report.created_at < cutoff
     )
     return list(session.scalars(statement.order_by(Report.created_at)))
 
@@ -98,6 +101,11 @@ def requeue_report(session: Session, report_id: str, stale_seconds: float) -> bo
     return rowcount(session.execute(statement)) == 1
 
 
+def report_queue(session: Session, report_id: str) -> str | None:
+    """The worker queue a report's task goes to (None: the default, gpu)."""
+    return session.scalar(select(Report.queue).where(Report.id == report_id))
+
+
 def fail_stale_report(session: Session, report_id: str, stale_seconds: float, error: str) -> bool:
     statement = (
         update(Report)
@@ -106,3 +114,13 @@ def fail_stale_report(session: Session, report_id: str, stale_seconds: float, er
         .execution_options(**NO_SYNC)
     )
     return rowcount(session.execute(statement)) == 1
+
+
+def batch_cases(session: Session, report: Report) -> list[Case]:
+    """The cases a batch segments, in case-id order: its ``case_ids``, else every case of its split."""
+    query = select(Case).where(Case.dataset_id == report.dataset_id).order_by(Case.case_id)
+    if report.case_ids is not None:
+        query = query.where(Case.case_id.in_([str(case_id) for case_id in report.case_ids]))
+    else:
+        query = query.where(Case.split == report.split)
+    return list(session.scalars(query))

@@ -56,8 +56,9 @@ def send_train(app: Celery, job_id: str) -> None:
     app.send_task(TRAIN_TASK, args=[job_id])
 
 
-def send_evaluate(app: Celery, report_id: str) -> None:
-    app.send_task(EVALUATE_TASK, args=[report_id])
+def send_evaluate(app: Celery, report_id: str, queue: str | None = None) -> None:
+    """An evaluation or a batch segmentation (the worker reads which from the report); ``queue`` None: gpu."""
+    app.send_task(EVALUATE_TASK, args=[report_id], queue=queue or ROUTES[EVALUATE_TASK])
 
 
 def messages_on_broker(app: Celery, settings: Settings) -> str | None:

@@ -23,9 +23,10 @@ from mona_core.inference.segmenter import Segmenter
 from services.common.datasets import dataset_index
 from services.common.db import session_scope
 from services.common.models import JobStatus, Model, Report, ReportEntry, utcnow
-from services.common.reports import claim_report
+from services.common.reports import BATCH, claim_report
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
+from services.worker.batch import segment_batch
 from services.worker.recovery import ReportLease, lease_interval
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ def run_evaluation(settings: Settings, report_id: str) -> str:
         return SKIPPED
     try:
         with ReportLease(settings.sqlalchemy_url, report_id, lease_interval(settings.stale_job_seconds)):
-            _evaluate(settings, ArtifactStore(settings.artifact_root), report_id)
+            store = ArtifactStore(settings.artifact_root)
+            if _source(settings, report_id) == BATCH:
+                _segment_batch(settings, store, report_id)
+            else:
+                _evaluate(settings, store, report_id)
     except Exception as exc:
         logger.exception("evaluation %s failed", report_id)
         _set(settings, report_id, status=JobStatus.FAILED.value, error=f"{type(exc).__name__}: {exc}")
@@ -68,6 +73,21 @@ def _set(settings: Settings, report_id: str, **values: Any) -> None:
             setattr(report, name, value)
         if values.get("status") in (JobStatus.FAILED.value, JobStatus.SUCCEEDED.value):
             report.finished_at = utcnow()
+
+
+def _source(settings: Settings, report_id: str) -> str:
+    with session_scope(settings.sqlalchemy_url) as session:
+        return session.get_one(Report, report_id).source
+
+
+def _segment_batch(settings: Settings, store: ArtifactStore, report_id: str) -> None:
+    """A batch segmentation (``services.worker.batch``) with the report's model."""
+    with session_scope(settings.sqlalchemy_url) as session:
+        model = session.get_one(Model, session.get_one(Report, report_id).model_id)
+        model_keys = (model.onnx_key, model.manifest_key)
+    with store.staging_dir() as staging:
+        segmenter = Segmenter(_model_dir(store, staging / "model", *model_keys), device="auto")
+        segment_batch(settings, store, report_id, segmenter)
 
 
 def _evaluate(settings: Settings, store: ArtifactStore, report_id: str) -> None:

@@ -46,6 +46,7 @@ from services.common.jobs import stale_running_jobs as find_stale
 from services.common.reports import (
     beat_report,
     fail_stale_report,
+    report_queue,
     requeue_report,
     stale_running_reports,
     waiting_reports,
@@ -247,9 +248,14 @@ def _dispatch(settings: Settings) -> Dispatch:
     app = make_celery(settings, name="mona-recovery")
     return Dispatch(
         train=lambda job_id: send_train(app, job_id),
-        evaluate=lambda report_id: send_evaluate(app, report_id),
+        evaluate=lambda report_id: send_evaluate(app, report_id, _queue_of(settings, report_id)),
         pending=lambda: messages_on_broker(app, settings),
     )
+
+
+def _queue_of(settings: Settings, report_id: str) -> str | None:
+    with _session(settings, None) as session:
+        return report_queue(session, report_id)
 
 
 class RecoveryLoop:

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from mona_core.io import NiftiError
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from services.api.routes.batches import batch_or_none, batch_public
 from services.api.routes.reports import api_path, report_public, stored_file
-from services.api.schemas.models import ModelPublic, SegmentationPublic
+from services.api.schemas.models import BatchPublic, ModelPublic, SegmentationPublic
 from services.api.scope import get_or_404, visible
 from services.api.segmentation import SEGMENTERS, Upload, case_id_from, receive_upload, segment_upload
 from services.common import deletion
@@ -160,10 +161,14 @@ def segment(
     return _mask_response(store, row)
 
 
-@segmentations.get("/segmentations/{segmentation_id}", response_model=SegmentationPublic)
+@segmentations.get("/segmentations/{segmentation_id}", response_model=SegmentationPublic | BatchPublic)
 def get_segmentation(
     segmentation_id: str, request: Request, session: SessionDep, principal: PrincipalDep
-) -> SegmentationPublic:
+) -> SegmentationPublic | BatchPublic:
+    """One segmented scan, or a batch (``kind`` batch: status, progress, its cases)."""
+    batch = batch_or_none(session, principal, segmentation_id)
+    if batch is not None:
+        return batch_public(request, session, batch)
     row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
     return _segmentation_public(request, session, row)
 
@@ -225,7 +230,12 @@ def delete_model(
 def delete_segmentation(
     segmentation_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
-    """Delete a segmentation: its mask, its overlay and the report made with its label."""
+    """Delete a segmentation: its mask, its overlay and the report made with its label; a batch: every case's mask
+    and overlay and its report (409 while it runs)."""
+    batch = batch_or_none(session, principal, segmentation_id)
+    if batch is not None:
+        what = f"batch segmentation {batch.id}"
+        return finish_deletion(session, store, settings, what, lambda: deletion.delete_report(session, batch))
     row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
     what = f"segmentation {row.id}"
     return finish_deletion(session, store, settings, what, lambda: deletion.delete_segmentation(session, row))
