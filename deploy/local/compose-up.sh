@@ -44,4 +44,4 @@ echo "compose-up: building the app image (log: $log)"
 deploy/local/compose build >"$log" 2>&1 || { tail -n 60 "$log" >&2; echo "compose-up: build failed, see $log" >&2; exit 1; }
 built=$(date +%s)
 deploy/local/compose up -d --wait --wait-timeout "${MONA_COMPOSE_WAIT_S:-300}"
-echo "compose-up: built in $((built - started)) s, healthy $(($(date +%s) - built)) s later; API on http://127.0.0.1:8000"
+echo "compose-up: built in $((built - started)) s, healthy $(($(date +%s) - built)) s later; API on http://127.0.0.1:${MONA_API_PORT:-8000}"

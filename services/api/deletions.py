@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import HTTPException, Response, status
 from sqlalchemy.orm import Session
 
+from services.api.schemas.common import ErrorBody
 from services.common.deletion import InUse, Removal, apply_removal, unreferenced_objects
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {
     204: {"description": "deleted"},
-    409: {"description": "queued or running work still uses it (nothing was deleted)"},
+    409: {"model": ErrorBody, "description": "queued or running work still uses it (nothing was deleted)"},
 }
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from services.api.deps import require_api_key
 from services.api.errors import install_error_handlers
 from services.api.keygate import ApiKeyGate
+from services.api.openapi import declare_errors
 from services.api.routes import account, batches, datasets, health, jobs, models, reports
 from services.api.staging import sweep_once, sweep_periodically
 from services.common.auth import rotate_bootstrap
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (account, datasets, jobs, batches, models, reports):
         v1.include_router(module.router)
     app.include_router(v1)
+    declare_errors(app)
     return app
 
 

@@ -11,7 +11,7 @@ import re
 from typing import Any, Final, TypeVar
 
 from fastapi import HTTPException, status
-from sqlalchemy import Select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from services.common.auth import Principal, check_project
@@ -21,6 +21,7 @@ _ID: Final = re.compile(r"^[0-9a-f]{32}$")
 Owned = Dataset | TrainingJob | Model | Report | Segmentation
 Row = TypeVar("Row", Dataset, TrainingJob, Model, Report, Segmentation)
 RowsQuery = TypeVar("RowsQuery", bound=Select[Any])
+Listed = TypeVar("Listed")
 
 
 def not_found(what: str, row_id: str) -> HTTPException:
@@ -47,6 +48,12 @@ def visible(query: RowsQuery, entity: type[Owned], principal: Principal, project
             )
         return query.where(entity.project == project)
     return query if principal.admin else query.where(entity.project == principal.project)
+
+
+def paged(session: Session, query: Select[Listed], limit: int, offset: int) -> tuple[list[Listed], int]:
+    """The rows of ``query`` from ``offset`` (at most ``limit``) and how many it has in all."""
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    return list(session.scalars(query.limit(limit).offset(offset))), int(total or 0)
 
 
 def project_for_new(principal: Principal, requested: str | None) -> str:

@@ -92,7 +92,7 @@ def test_create_list_and_get_dataset(api: TestClient) -> None:
     body = second.json()
     assert body["preset"] == "ct" and body["classes"] == ["background", "liver"]
     assert (body["n_cases"], body["n_patients"], body["n_labelled_cases"], body["splits"]) == (0, 0, 0, {})
-    listed = [row["id"] for row in api.get("/v1/datasets").json()]
+    listed = [row["id"] for row in api.get("/v1/datasets").json()["items"]]
     assert listed.index(body["id"]) < listed.index(first)  # newest first
     got = api.get(f"/v1/datasets/{first}")
     assert got.status_code == 200 and got.json()["name"] == "first" and got.json()["preset"] == "mri"
@@ -161,7 +161,7 @@ def test_upload_labelled_and_unlabelled_cases(api: TestClient, service_settings:
     assert summary["splits"] == {"train": 1, "val": 1}
     rows, objects, staging = snapshot(service_settings, dataset_id)
     assert rows == 2 and len([o for o in objects if o.endswith((".nii", ".nii.gz"))]) == 3 and staging == []
-    listed = api.get(f"/v1/datasets/{dataset_id}/cases", params={"split": "val"}).json()
+    listed = api.get(f"/v1/datasets/{dataset_id}/cases", params={"split": "val"}).json()["items"]
     assert [row["case_id"] for row in listed] == ["p2_frame02"]
 
 

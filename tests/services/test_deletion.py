@@ -66,7 +66,7 @@ def _dataset_keys(settings: Settings) -> set[str]:
 
 
 def _case_keys(api: TestClient, dataset_id: str) -> set[str]:
-    return {case["image_sha256"] for case in api.get(f"/v1/datasets/{dataset_id}/cases").json()}
+    return {case["image_sha256"] for case in api.get(f"/v1/datasets/{dataset_id}/cases").json()["items"]}
 
 
 def test_deleting_a_dataset_removes_its_files_but_keeps_shared_ones(
@@ -85,7 +85,7 @@ def test_deleting_a_dataset_removes_its_files_but_keeps_shared_ones(
     assert api.delete(f"/v1/datasets/{first}").status_code == 204
     assert api.get(f"/v1/datasets/{first}").status_code == 404
     assert api.get(f"/v1/datasets/{first}/cases").status_code == 404
-    assert first not in [row["id"] for row in api.get("/v1/datasets").json()]
+    assert first not in [row["id"] for row in api.get("/v1/datasets").json()["items"]]
     assert api.delete(f"/v1/datasets/{first}").status_code == 404
     after = stored(settings)
     assert len(after) == 2 and after < before, "the first dataset's own image and label are gone"
@@ -103,7 +103,7 @@ def test_deleting_a_case(api: TestClient, settings: Settings, tmp_path: Path) ->
         image, label = phantom_bytes(tmp_path, seed=seed)
         assert upload(api, dataset, image, label, name=f"p{seed}_frame01_0000.nii.gz").status_code == 201
     assert api.delete(f"/v1/datasets/{dataset}/cases/p7103_frame01").status_code == 204
-    assert [case["case_id"] for case in api.get(f"/v1/datasets/{dataset}/cases").json()] == ["p7104_frame01"]
+    assert [case["case_id"] for case in api.get(f"/v1/datasets/{dataset}/cases").json()["items"]] == ["p7104_frame01"]
     assert api.delete(f"/v1/datasets/{dataset}/cases/p7103_frame01").status_code == 404
     assert len(stored(settings)) == 2, "the deleted case's image and label are gone"
     assert_no_orphans(settings)

@@ -81,6 +81,8 @@ def test_upload_train_segment_report(live: httpx.Client, isolated_settings: Sett
     history = _ok(live.get(f"/v1/jobs/{job['id']}/metrics"))["history"]
     assert [row["step"] for row in history] == list(range(1, TINY["iterations"] + 1))
     assert any("claimed" in line["message"] for line in _ok(live.get(f"/v1/jobs/{job['id']}/logs"))["lines"])
+    curve = live.get(f"/v1/jobs/{job['id']}/loss_curve.png")
+    assert curve.status_code == 200 and curve.content.startswith(b"\x89PNG"), curve.text[:200]
 
     image, label = tmp_path / "scan.nii.gz", tmp_path / "label.nii.gz"
     write_phantom_case(image, label, seed=777, shape=SHAPE)

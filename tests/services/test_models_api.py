@@ -114,7 +114,7 @@ def _segmentations_of(settings: Settings, model_id: str) -> int:
 
 
 def test_models_list_get_and_downloads(api: TestClient, model: Registered, exported: Path) -> None:
-    listed = {item["id"]: item for item in api.get("/v1/models").json()}
+    listed = {item["id"]: item for item in api.get("/v1/models").json()["items"]}
     assert model.model_id in listed
     item = api.get(f"/v1/models/{model.model_id}").json()
     assert item == listed[model.model_id]

@@ -66,11 +66,11 @@ def test_a_key_sees_only_its_projects_datasets(api: TestClient, service_settings
     case = api.post(f"{path}/cases", files={"image": ("x.nii.gz", b"\x1f\x8b", "application/gzip")}, headers=key_b)
     assert case.status_code == 404, case.text
 
-    assert dataset["id"] in [row["id"] for row in api.get("/v1/datasets", headers=key_a).json()]
-    assert dataset["id"] not in [row["id"] for row in api.get("/v1/datasets", headers=key_b).json()]
-    assert {row["project"] for row in api.get("/v1/datasets", headers=key_b).json()} <= {lab_b}
-    assert dataset["id"] in [row["id"] for row in api.get("/v1/datasets").json()], "the admin key sees all"
-    narrowed = api.get("/v1/datasets", params={"project": lab_a}).json()
+    assert dataset["id"] in [row["id"] for row in api.get("/v1/datasets", headers=key_a).json()["items"]]
+    assert dataset["id"] not in [row["id"] for row in api.get("/v1/datasets", headers=key_b).json()["items"]]
+    assert {row["project"] for row in api.get("/v1/datasets", headers=key_b).json()["items"]} <= {lab_b}
+    assert dataset["id"] in [row["id"] for row in api.get("/v1/datasets").json()["items"]], "the admin key sees all"
+    narrowed = api.get("/v1/datasets", params={"project": lab_a}).json()["items"]
     assert [row["id"] for row in narrowed] == [dataset["id"]]
     assert api.get("/v1/datasets", params={"project": lab_a}, headers=key_b).status_code == 403
     assert api.get("/v1/datasets", params={"project": "Bad Name"}).status_code == 422
@@ -106,8 +106,8 @@ def test_jobs_follow_their_dataset_and_stay_in_it(api: TestClient, service_setti
         assert api.get(f"/v1/jobs/{job['id']}{suffix}", headers=key_b).status_code == 404, suffix
     assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=key_b).status_code == 404
     assert api.get(f"/v1/jobs/{job['id']}", headers=key_b).status_code == 404
-    assert job["id"] in [row["id"] for row in api.get("/v1/jobs", headers=key_a).json()]
-    assert job["id"] not in [row["id"] for row in api.get("/v1/jobs", headers=key_b).json()]
+    assert job["id"] in [row["id"] for row in api.get("/v1/jobs", headers=key_a).json()["items"]]
+    assert job["id"] not in [row["id"] for row in api.get("/v1/jobs", headers=key_b).json()["items"]]
     assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=key_a).json()["status"] == "cancelled"
 
 
@@ -122,8 +122,8 @@ def test_models_segmentations_and_reports_stay_in_their_project(
     for suffix in ("", "/onnx", "/manifest"):
         assert api.get(f"{model}{suffix}", headers=key_b).status_code == 404, suffix
         assert api.get(f"{model}{suffix}", headers=key_a).status_code == 200, suffix
-    assert registered.model_id not in [row["id"] for row in api.get("/v1/models", headers=key_b).json()]
-    assert registered.model_id in [row["id"] for row in api.get("/v1/models", headers=key_a).json()]
+    assert registered.model_id not in [row["id"] for row in api.get("/v1/models", headers=key_b).json()["items"]]
+    assert registered.model_id in [row["id"] for row in api.get("/v1/models", headers=key_a).json()["items"]]
     assert api.post(f"{model}/segment", files=_files(*scans), headers=key_b).status_code == 404
 
     json_answer = {"Accept": "application/json", **key_a}

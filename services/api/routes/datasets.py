@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from mona_core.data.dataset import DatasetError
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from services.api.schemas.common import Page, error_responses
 from services.api.schemas.datasets import ArchivePublic, CasePublic, DatasetCreate, DatasetPublic, check_plain_text
-from services.api.scope import get_or_404, project_for_new, visible
+from services.api.scope import get_or_404, paged, project_for_new, visible
 from services.api.uploads import Received, UploadSpec, receive_multipart
 from services.common import deletion, ingest
 from services.common.archives import ArchiveError, ArchiveLimits, archive_suffix, extract_archive
@@ -125,11 +126,12 @@ def list_datasets(
     project: Annotated[str | None, Query(description="admin keys: only this project's datasets")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[DatasetPublic]:
+) -> Page[DatasetPublic]:
     """The datasets this key sees, newest first."""
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
     query = visible(query, Dataset, principal, project).where(Dataset.deleted_at.is_(None))
-    return _publics(session, list(session.scalars(query)))
+    rows, total = paged(session, query, limit, offset)
+    return Page(items=_publics(session, rows), total=total, limit=limit, offset=offset)
 
 
 @router.get("/datasets/{dataset_id}")
@@ -143,19 +145,23 @@ def list_cases(
     session: SessionDep,
     principal: PrincipalDep,
     split: Annotated[str | None, Query(pattern="^(train|val|test)$")] = None,
-) -> list[CasePublic]:
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[CasePublic]:
     """The cases of a dataset ordered by case id, optionally of one split."""
     _dataset_or_404(session, principal, dataset_id)
     query = select(Case).where(Case.dataset_id == dataset_id).order_by(Case.case_id)
     if split is not None:
         query = query.where(Case.split == split)
-    return [CasePublic.model_validate(row) for row in session.scalars(query)]
+    rows, total = paged(session, query, limit, offset)
+    return Page(items=[CasePublic.model_validate(row) for row in rows], total=total, limit=limit, offset=offset)
 
 
 @router.post(
     "/datasets/{dataset_id}/cases",
     status_code=status.HTTP_201_CREATED,
     openapi_extra={"requestBody": {"required": True, "content": _CASE_FORM}},
+    responses=error_responses(400, 409, 413),
 )
 async def upload_case(
     dataset_id: str,
@@ -208,6 +214,7 @@ def _check_form_fields(fields: dict[str, str]) -> None:
     "/datasets/{dataset_id}/archive",
     status_code=status.HTTP_201_CREATED,
     openapi_extra={"requestBody": {"required": True, "content": _ARCHIVE_FORM}},
+    responses=error_responses(400, 409, 413),
 )
 async def upload_archive(
     dataset_id: str,

@@ -20,8 +20,9 @@ from mona_core.training.config import METHODS, StudyConfig, TrainConfig
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import send_or_fail, stored_file
+from services.api.schemas.common import Page, error_responses
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
-from services.api.scope import get_or_404, visible
+from services.api.scope import get_or_404, paged, visible
 from services.common import deletion
 from services.common.auth import Principal
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
@@ -75,8 +76,6 @@ def _check_numbers(name: str, value: Any) -> None:
 
 def validate_request(body: JobCreate) -> TrainConfig | StudyConfig:
     """The ``TrainConfig`` (or, for kind ``study``, the ``StudyConfig``) of a request, or 422 with what was expected."""
-    if body.kind not in KINDS:
-        raise _unprocessable(f"expected kind in {list(KINDS)}, got {body.kind!r}")
     if body.labelled_patients is not None and body.labelled_ratio is not None:
         raise _unprocessable(
             f"expected labelled_patients or labelled_ratio, got both ({body.labelled_patients}, {body.labelled_ratio})"
@@ -157,7 +156,7 @@ def _pretrained_checkpoint(session: Session, principal: Principal, store: Artifa
     return store.run_dir(source.id) / "checkpoints" / "last.pt"
 
 
-@router.get("/jobs", response_model=list[JobPublic])
+@router.get("/jobs", response_model=Page[JobPublic])
 def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
@@ -165,13 +164,14 @@ def list_jobs(
     project: Annotated[str | None, Query(description="admin keys: only this project's jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[JobPublic]:
+) -> Page[JobPublic]:
     """The jobs this key sees, newest first, optionally only those with one status."""
     query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
     query = visible(query, TrainingJob, principal, project)
     if status_filter is not None:
         query = query.where(TrainingJob.status == status_filter.value)
-    return [JobPublic.model_validate(job) for job in session.scalars(query.limit(limit).offset(offset))]
+    rows, total = paged(session, query, limit, offset)
+    return Page(items=[JobPublic.model_validate(job) for job in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
@@ -207,7 +207,7 @@ def _updated(session: Session, statement: Update) -> int:
     return int(result.rowcount)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(409))
 def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
     """Queued: cancelled at once. Running: flagged; the worker stops at its next step. Finished: 409.
 
@@ -247,11 +247,24 @@ def get_study_markdown(job_id: str, session: SessionDep, principal: PrincipalDep
     return PlainTextResponse(str(_study_result(session, principal, job_id)["markdown"]), media_type="text/markdown")
 
 
-@router.get("/jobs/{job_id}/study.png")
+_PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "a PNG picture"}}
+
+
+@router.get("/jobs/{job_id}/study.png", response_class=FileResponse, responses=_PNG)
 def get_study_plot(job_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> FileResponse:
     """Mean DSC and ASD against the labelled ratio, one line per method."""
     key = str(_study_result(session, principal, job_id)["figure_key"])
     return FileResponse(stored_file(store, key, "study plot"), media_type="image/png")
+
+
+@router.get("/jobs/{job_id}/loss_curve.png", response_class=FileResponse, responses=_PNG)
+def get_loss_curve(job_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep) -> FileResponse:
+    """The training losses (and validation DSC) against the step, as the run last drew them (at each log)."""
+    job = get_or_404(session, principal, TrainingJob, job_id, "job")
+    path = store.run_dir(job.id) / "loss_curve.png"
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"expected a loss curve of job {job.id}, got none drawn yet")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.delete(

@@ -22,8 +22,9 @@ from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.batches import batch_or_none, batch_public
 from services.api.routes.reports import api_path, report_public, stored_file
+from services.api.schemas.common import Page, error_responses
 from services.api.schemas.models import BatchPublic, ModelPublic, SegmentationPublic
-from services.api.scope import get_or_404, visible
+from services.api.scope import get_or_404, paged, visible
 from services.api.segmentation import SEGMENTERS, Upload, case_id_from, receive_upload, segment_upload
 from services.common import deletion
 from services.common.ingest import client_message
@@ -40,18 +41,19 @@ MASK_MEDIA_TYPE = "application/gzip"
 _FILE_RESPONSE: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 
 
-@router.get("/models", response_model=list[ModelPublic])
+@router.get("/models", response_model=Page[ModelPublic])
 def list_models(
     session: SessionDep,
     principal: PrincipalDep,
     project: Annotated[str | None, Query(description="admin keys: only this project's models")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[ModelPublic]:
+) -> Page[ModelPublic]:
     """The exported models this key sees, newest first."""
-    query = select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+    query = select(Model).order_by(Model.created_at.desc(), Model.id.desc())
     query = visible(query, Model, principal, project)
-    return [ModelPublic.model_validate(model) for model in session.scalars(query)]
+    rows, total = paged(session, query, limit, offset)
+    return Page(items=[ModelPublic.model_validate(row) for row in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/models/{model_id}", response_model=ModelPublic)
@@ -130,7 +132,7 @@ def _segmentation_public(request: Request, session: Session, row: Segmentation) 
 @router.post(
     "/models/{model_id}/segment",
     response_model=None,
-    responses={200: {"content": {MASK_MEDIA_TYPE: {}, "application/json": {}}}},
+    responses={200: {"content": {MASK_MEDIA_TYPE: {}, "application/json": {}}}, **error_responses(400, 413)},
 )
 def segment(
     model_id: str,

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.api.schemas.reports import UtcDatetime
 from services.common.models import JobStatus
 
+JobKind = Literal["supervised", "mean_teacher", "cps", "bcp", "pretrain", "finetune", "mona", "study"]
+"""The training methods of ``mona_core.training.config.METHODS`` and ``study`` (a test keeps the two in step)."""
+
 
 class JobCreate(BaseModel):
     """A training request. ``config`` holds any ``TrainConfig`` field (``iterations``, ``size``, ``lr`` ...).
@@ -19,7 +22,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(examples=["supervised"])
+    kind: JobKind = Field(examples=["supervised"])
     dataset_id: str
     labelled_patients: int | None = Field(default=None, ge=1)
     labelled_ratio: float | None = Field(default=None, gt=0.0, le=1.0)

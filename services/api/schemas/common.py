@@ -1,0 +1,41 @@
+"""Shapes every route shares: the error body, paginated lists, and the error responses routes declare in OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+Item = TypeVar("Item")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: what was expected and what came instead."""
+
+    detail: str = Field(examples=["expected the id of an existing dataset, got 'abc'"])
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a list, newest first: ``items`` from ``offset``, at most ``limit`` of them, out of ``total``."""
+
+    items: list[Item]
+    total: int
+    limit: int
+    offset: int
+
+
+_DESCRIPTIONS = {
+    400: "bad request (e.g. a malformed multipart body)",
+    401: "no X-API-Key header",
+    403: "an unknown or revoked key, or a project this key may not use",
+    404: "no such resource for this key (other projects' resources answer the same)",
+    409: "in conflict with the resource's state (e.g. a job still running, a duplicate case id)",
+    413: "upload or volume past the configured size cap",
+    422: "a request that breaks a rule (the detail names the field or file)",
+    503: "the database or the task broker is unavailable; retry later",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``codes``, each a JSON ``ErrorBody``."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
