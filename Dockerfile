@@ -32,6 +32,7 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 
 # The project itself (dependencies already satisfied: this only builds mona-service), then a consistency check.
 COPY mona_core ./mona_core
+COPY mona_client ./mona_client
 COPY services ./services
 COPY migrations ./migrations
 # hadolint ignore=SC2086
