@@ -25,10 +25,18 @@ import httpx
 from services.common.migrate import upgrade_head
 from services.common.settings import Settings
 from services.embedded import free_port, running_api, running_worker
-from services.rest_demo import _check, _phantom_archive
+from services.rest_demo import _phantom_archive
 
 ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
 JOB_CONFIG = {"iterations": 20, "size": 256, "batch_size": 2, "val_every": 20, "checkpoint_every": 20, "log_every": 1}
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.is_error:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path} -> {response.status_code}: {response.text}"
+        )
+    return response.json()
 
 
 def _train_model(client: httpx.Client, work: Path) -> tuple[str, float]:

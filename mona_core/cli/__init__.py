@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from mona_core.cli import commands, demo, study
+from mona_core.cli import commands, demo, segmenting, study
 from mona_core.data.dataset import DatasetError
 from mona_core.io import NiftiError
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands.add_train(sub)
     commands.add_export(sub)
-    commands.add_segment(sub)
+    segmenting.add_segment(sub)
     commands.add_evaluate(sub)
     demo.add_demo(sub)
     study.add_study(sub)

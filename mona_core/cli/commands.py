@@ -1,4 +1,4 @@
-"""``mona train | export | segment | evaluate``: thin wrappers that parse flags and call the library."""
+"""``mona train | export | evaluate``: thin wrappers that parse flags and call the library (segment: ``segmenting``)."""
 
 from __future__ import annotations
 
@@ -40,16 +40,6 @@ def add_export(sub: Any) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, help="model directory (default RUN_DIR/model)")
     p.set_defaults(handler=run_export)
-
-
-def add_segment(sub: Any) -> None:
-    p = sub.add_parser("segment", help="segment a NIfTI volume; the mask is written on the input's grid")
-    p.add_argument("--model", required=True, type=Path, help="model directory (model.onnx + manifest.json)")
-    p.add_argument("input", type=Path)
-    p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--overlay", type=Path, help="also write an overlay PNG here")
-    p.set_defaults(handler=run_segment)
 
 
 def add_evaluate(sub: Any) -> None:
@@ -117,22 +107,6 @@ def run_export(args: argparse.Namespace) -> int:
         f"exported {result.model_dir} (ONNX opset {result.manifest.opset}; parity max |diff| "
         f"{parity.get('max_abs_diff_random')} random, {parity.get('max_abs_diff_real')} real)"
     )
-    return 0
-
-
-def run_segment(args: argparse.Namespace) -> int:
-    from mona_core.inference.segmenter import Segmenter
-    from mona_core.io import read_image, write_mask
-    from mona_core.report import save_overlay_png
-
-    segmenter = Segmenter(args.model, device=args.device)
-    image = read_image(args.input)
-    mask = segmenter.segment(image)
-    write_mask(mask.array, mask.geometry, args.output)
-    emit(f"mask written to {args.output} (size {mask.geometry.size}, spacing {mask.geometry.spacing})")
-    if args.overlay:
-        save_overlay_png(image.array, mask.array, args.overlay, class_names=segmenter.manifest.classes)
-        emit(f"overlay written to {args.overlay}")
     return 0
 
 

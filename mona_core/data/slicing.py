@@ -1,13 +1,16 @@
 """Volumes to square training slices and back.
 
-The slice axis is array axis 0 (the NIfTI z axis). Images are resized with linear interpolation, labels and
-predicted masks with nearest neighbour. Training, validation and torch-free inference all use these functions, so
-pre- and post-processing cannot drift apart.
+The slice axis is array axis 0 (the NIfTI z axis). Images are resized with linear interpolation, labels with nearest
+neighbour. A prediction goes back to the input grid as class probabilities: the network's softmax is resized
+linearly and argmaxed there, so boundaries fall between the network's pixels instead of on its blocky grid
+(``benchmarks/resampling.py`` measures the gain over resizing the argmaxed labels). Training, validation and
+torch-free inference all use these functions, so pre- and post-processing cannot drift apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 from scipy import ndimage
@@ -15,7 +18,11 @@ from scipy import ndimage
 from mona_core.data.presets import normalize
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
-"""Maps a float32 batch ``(N, 1, S, S)`` to logits or probabilities ``(N, C, S, S)``."""
+"""Maps a float32 batch ``(N, 1, S, S)`` to logits ``(N, C, S, S)`` (channel 0 = background)."""
+
+RESAMPLING: Final = ("probabilities", "logits", "labels")
+"""How a prediction returns to the input grid: softmax probabilities or raw logits resized linearly then argmaxed,
+or (the former behaviour) labels argmaxed at network size then resized with nearest neighbour."""
 
 
 def resize_slices(array: np.ndarray, height: int, width: int, order: int) -> np.ndarray:
@@ -30,6 +37,30 @@ def resize_slices(array: np.ndarray, height: int, width: int, order: int) -> np.
     return np.asarray(out, dtype=array.dtype)
 
 
+def linear_weights(out_size: int, in_size: int) -> np.ndarray:
+    """The ``(out_size, in_size)`` float32 matrix of 1D linear interpolation in ``resize_slices``' convention (pixel
+    edges aligned, edge values held): ``weights @ values`` resizes like ``scipy.ndimage.zoom(order=1)``."""
+    x = np.clip((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0, in_size - 1)
+    low = np.floor(x).astype(np.int64)
+    frac = (x - low).astype(np.float32)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, np.minimum(low + 1, in_size - 1)), frac)
+    return weights
+
+
+def resize_planes_linear(planes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize float planes ``(M, h, w)`` to ``(M, height, width)`` linearly, as ``resize_slices(order=1)`` does
+    (equal to ~1e-7), with two batched matrix products: several times faster than ``zoom`` on network outputs."""
+    if planes.ndim != 3:
+        raise ValueError(f"expected planes of shape (M, h, w), got {planes.shape}")
+    rows = linear_weights(height, planes.shape[1])
+    cols = linear_weights(width, planes.shape[2])
+    resized: np.ndarray = rows @ planes.astype(np.float32, copy=False) @ cols.T
+    return resized
+
+
 def image_to_slices(array: np.ndarray, preset: str, size: int) -> np.ndarray:
     """Normalise a raw image volume with ``preset`` and return float32 slices ``(z, 1, size, size)``."""
     normalised = normalize(array, preset)
@@ -41,11 +72,45 @@ def label_to_slices(array: np.ndarray, size: int) -> np.ndarray:
     return resize_slices(array.astype(np.uint8, copy=False), size, size, order=0)
 
 
-def predict_volume(array: np.ndarray, predict: PredictFn, preset: str, size: int, batch_size: int = 16) -> np.ndarray:
-    """Segment a raw image volume (z, y, x) slice by slice; returns a uint8 mask of the same shape."""
+def softmax(scores: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax over ``axis`` in float32, stable for large logits."""
+    shifted: np.ndarray = scores.astype(np.float32) - scores.max(axis=axis, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=axis, keepdims=True)
+    return shifted
+
+
+def scores_to_labels(scores: np.ndarray, height: int, width: int, resample: str = "probabilities") -> np.ndarray:
+    """uint8 labels ``(N, height, width)`` of network outputs ``(N, C, S, S)``; ``resample`` as in ``RESAMPLING``."""
+    if scores.ndim != 4:
+        raise ValueError(f"expected network outputs of shape (N, C, S, S), got {scores.shape}")
+    if resample == "labels":
+        return resize_slices(np.argmax(scores, axis=1).astype(np.uint8), height, width, order=0)
+    if resample not in RESAMPLING:
+        raise ValueError(f"expected a resampling in {RESAMPLING}, got {resample!r}")
+    values = softmax(scores) if resample == "probabilities" else scores.astype(np.float32, copy=False)
+    n, c, in_h, in_w = values.shape
+    resized = resize_planes_linear(values.reshape(n * c, in_h, in_w), height, width)
+    labels: np.ndarray = np.argmax(resized.reshape(n, c, height, width), axis=1).astype(np.uint8)
+    return labels
+
+
+def predict_volume(
+    array: np.ndarray,
+    predict: PredictFn,
+    preset: str,
+    size: int,
+    batch_size: int = 16,
+    resample: str = "probabilities",
+) -> np.ndarray:
+    """Segment a raw image volume (z, y, x) slice by slice; returns a uint8 mask of the same shape.
+
+    Each batch's outputs are resized to the input's in-plane size and argmaxed there (``resample``), so memory
+    holds ``batch_size x C`` full-size planes at most, never the whole volume's probabilities.
+    """
     slices = image_to_slices(array, preset, size)
-    labels = np.empty((slices.shape[0], size, size), dtype=np.uint8)
+    labels = np.empty(array.shape, dtype=np.uint8)
     for start in range(0, slices.shape[0], batch_size):
         scores = predict(slices[start : start + batch_size])
-        labels[start : start + batch_size] = np.argmax(scores, axis=1).astype(np.uint8)
-    return resize_slices(labels, array.shape[1], array.shape[2], order=0)
+        labels[start : start + batch_size] = scores_to_labels(scores, array.shape[1], array.shape[2], resample)
+    return labels

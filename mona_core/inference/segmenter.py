@@ -1,9 +1,9 @@
 """Torch-free segmentation with an exported model directory (numpy + SimpleITK + onnxruntime only).
 
 Pre- and post-processing are the training code's own (``mona_core.data.slicing.predict_volume``): the
-preset normalises the raw volume, slices are resized to the manifest's square size, logits are argmaxed
-and the labels are resized back with nearest neighbour. The mask is written on exactly the input's grid
-(size, spacing, origin, direction), so it overlays the image in any viewer.
+preset normalises the raw volume, slices are resized to the manifest's square size, and the softmax
+probabilities are resized back linearly and argmaxed on the input's grid. The mask is written on exactly the
+input's grid (size, spacing, origin, direction), so it overlays the image in any viewer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 import onnxruntime as ort
 
-from mona_core.data.slicing import predict_volume
+from mona_core.data.slicing import RESAMPLING, predict_volume
 from mona_core.export.manifest import Manifest, ManifestError, load_model_dir
 from mona_core.io.nifti import Volume, read_image, write_mask
 
@@ -52,14 +52,22 @@ class Segmenter:
 
     The ONNX file's sha256 is checked against the manifest before the session is built. ``batch_size`` is
     the number of slices per onnxruntime call; ``threads`` sets intra-op threads (None: onnxruntime's
-    default).
+    default); ``resample`` how outputs return to the input grid (``mona_core.data.slicing.RESAMPLING``).
     """
 
     def __init__(
-        self, model_dir: str | Path, device: str = "auto", batch_size: int = 16, threads: int | None = None
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        batch_size: int = 16,
+        threads: int | None = None,
+        resample: str = "probabilities",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"expected a batch size >= 1, got {batch_size}")
+        if resample not in RESAMPLING:
+            raise ValueError(f"expected a resampling in {RESAMPLING}, got {resample!r}")
+        self.resample = resample
         if threads is not None and threads < 1:
             raise ValueError(f"expected threads >= 1 or None, got {threads}")
         onnx_path, self.manifest = load_model_dir(model_dir)
@@ -92,14 +100,17 @@ class Segmenter:
         if not np.isfinite(array).all():
             raise ValueError("expected finite intensities, got NaN or infinite voxels")
         manifest = self.manifest
-        return predict_volume(array, self.predict_slices, manifest.preset, manifest.size, self.batch_size)
+        return predict_volume(
+            array, self.predict_slices, manifest.preset, manifest.size, self.batch_size, resample=self.resample
+        )
 
     def segment(self, volume: Volume) -> Volume:
         """The mask of ``volume`` on exactly ``volume.geometry``."""
         return Volume(array=self.segment_array(volume.array), geometry=volume.geometry)
 
     def segment_file(self, in_path: str | Path, out_path: str | Path) -> Path:
-        """Read a NIfTI image, segment it and write the uint8 mask (same grid) to ``out_path``."""
+        """Read an image file (NIfTI, MHA, NRRD), segment it and write the uint8 mask (same grid) to ``out_path``
+        (format by its suffix)."""
         mask = self.segment(read_image(in_path))
         return write_mask(mask.array, mask.geometry, out_path)
 

@@ -1,19 +1,18 @@
-"""NIfTI reading and writing with an explicit geometry contract.
+"""Volume reading and writing with an explicit geometry contract (NIfTI, MHA and NRRD files; see ``formats``).
 
 Arrays are numpy in SimpleITK's index order reversed: a volume of SimpleITK size ``(x, y, z)`` is an array of
 shape ``(z, y, x)``. Axis 0 of every array is the slice axis (the NIfTI z axis). ``Geometry`` keeps what is needed
 to write a mask back on exactly the grid it came from: size, spacing, origin and direction.
 
-A 2D single slice is accepted and becomes a one-slice volume; 4D images are rejected.
+A 2D single slice is accepted and becomes a one-slice volume; 4D images are rejected. The format of a file is chosen
+by its suffix (``formats.IMAGE_SUFFIXES``); the module keeps its name because NIfTI is what most callers read.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,13 +21,7 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
 from mona_core.io.errors import NiftiError
-from mona_core.io.payload import check_payload
-
-
-def _sitk() -> ModuleType:
-    """SimpleITK, imported on first use: code that only trains on slices already in memory never needs it."""
-    return importlib.import_module("SimpleITK")
-
+from mona_core.io.formats import load_sitk, read_sitk, write_sitk
 
 logger = logging.getLogger(__name__)
 
@@ -103,42 +96,6 @@ def is_nifti_name(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def _check_readable(path: Path, max_voxels: int | None = None) -> None:
-    if not path.is_file():
-        raise NiftiError(f"expected a NIfTI file, got no file at {path.name}")
-    if not is_nifti_name(path):
-        raise NiftiError(f"expected a .nii or .nii.gz file, got {path.name}")
-    if path.stat().st_size == 0:
-        raise NiftiError(f"expected a NIfTI file, got an empty file ({path.name})")
-    check_payload(path, max_voxels)
-
-
-def _to_3d(image: sitk.Image, name: str) -> sitk.Image:
-    dim = image.GetDimension()
-    if dim == 3:
-        return image
-    if dim == 2:
-        return _sitk().JoinSeries(image)
-    if dim == 4 and image.GetSize()[3] == 1:
-        return image[:, :, :, 0]
-    raise NiftiError(f"expected a 3D volume (or a 2D slice), got a {dim}D image of size {image.GetSize()} ({name})")
-
-
-def _read_sitk(path: Path, max_voxels: int | None = None) -> sitk.Image:
-    _check_readable(path, max_voxels)
-    reader = _sitk().ImageFileReader()
-    reader.SetImageIO("NiftiImageIO")
-    reader.SetFileName(str(path))
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise NiftiError(f"expected a readable NIfTI file, got one SimpleITK cannot read: {last_line}") from exc
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise NiftiError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
-    return _to_3d(image, path.name)
-
-
 def geometry_of(image: sitk.Image) -> Geometry:
     size = image.GetSize()
     spacing = image.GetSpacing()
@@ -152,14 +109,14 @@ def geometry_of(image: sitk.Image) -> Geometry:
 
 
 def read_image(path: str | Path, max_voxels: int | None = None) -> Volume:
-    """Read an intensity volume as float32; NaN or infinite voxels are rejected.
+    """Read an intensity volume (NIfTI, MHA or NRRD, by suffix) as float32; NaN or infinite voxels are rejected.
 
     ``max_voxels`` bounds the volume by its header (``VolumeTooLarge``) before anything is decoded: set it for
     untrusted uploads.
     """
     path = Path(path)
-    image = _read_sitk(path, max_voxels)
-    array = _sitk().GetArrayFromImage(image).astype(np.float32, copy=False)
+    image = read_sitk(path, max_voxels)
+    array = load_sitk().GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise NiftiError(f"expected finite intensities, got {bad} NaN or infinite voxels in {path.name}")
@@ -177,7 +134,7 @@ def read_label(
     When ``image_geometry`` is given the label must lie on exactly that grid; ``max_voxels`` as in ``read_image``.
     """
     path = Path(path)
-    image = _read_sitk(path, max_voxels)
+    image = read_sitk(path, max_voxels)
     geometry = geometry_of(image)
     if image_geometry is not None and not geometry.matches(image_geometry):
         raise NiftiError(
@@ -185,7 +142,7 @@ def read_label(
             f"origin {image_geometry.origin}, direction {image_geometry.direction}), got size {geometry.size}, "
             f"spacing {geometry.spacing}, origin {geometry.origin}, direction {geometry.direction}"
         )
-    raw = _sitk().GetArrayFromImage(image)
+    raw = load_sitk().GetArrayFromImage(image)
     return Volume(array=validate_label_array(raw, num_classes, path.name), geometry=geometry)
 
 
@@ -206,7 +163,7 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An image with ``array`` (z, y, x) as voxels on ``geometry``."""
     if array.shape != geometry.shape:
         raise NiftiError(f"expected an array of shape {geometry.shape}, got {array.shape}")
-    image = _sitk().GetImageFromArray(np.ascontiguousarray(array))
+    image = load_sitk().GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
@@ -214,19 +171,13 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 
 def write_volume(volume: Volume, path: str | Path) -> Path:
-    """Write a volume to ``path`` (``.nii`` or ``.nii.gz``) with its exact geometry; the write is atomic."""
-    path = Path(path)
-    if not is_nifti_name(path):
-        raise NiftiError(f"expected an output name ending in .nii or .nii.gz, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    partial = path.with_name(f".{path.name}.partial{suffix}")
-    _sitk().WriteImage(to_sitk(volume.array, volume.geometry), str(partial), useCompression=suffix == ".nii.gz")
-    partial.replace(path)
+    """Write a volume to ``path`` with its exact geometry, in the format of the suffix (``.nii``, ``.nii.gz``,
+    ``.mha``, ``.nrrd``); the write is atomic."""
+    path = write_sitk(to_sitk(volume.array, volume.geometry), Path(path))
     logger.debug("wrote %s (%s)", path, volume.geometry.size)
     return path
 
 
 def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Write an integer mask (z, y, x) as uint8 on ``geometry``."""
+    """Write an integer mask (z, y, x) as uint8 on ``geometry``, in the format of ``path``'s suffix."""
     return write_volume(Volume(array=mask.astype(np.uint8, copy=False), geometry=geometry), path)

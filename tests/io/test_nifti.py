@@ -65,7 +65,7 @@ def test_write_mask_writes_uint8_on_the_given_grid(tmp_path: Path, pair: tuple[V
 
 def test_non_nifti_names_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "scan.png").write_bytes(b"\x89PNG")
-    with pytest.raises(NiftiError, match=r"expected a \.nii or \.nii\.gz file, got scan\.png"):
+    with pytest.raises(NiftiError, match=r"expected a \.nii, \.nii\.gz, \.mha or \.nrrd file, got scan\.png"):
         read_image(tmp_path / "scan.png")
     with pytest.raises(NiftiError, match="got no file"):
         read_image(tmp_path / "missing.nii.gz")
