@@ -124,6 +124,8 @@ class TrainingJob(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    callback_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    """Announced with a signed POST when the job ends (``services.common.webhooks``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=7.0, gt=0, alias="MONA_RETENTION_DAYS")
     object_grace_s: float = Field(default=60.0, ge=0, alias="MONA_OBJECT_GRACE_S")
     """A stored object younger than this is never removed as unreferenced (an upload may be about to use it)."""
+    webhook_secret: str | None = Field(default=None, alias="MONA_WEBHOOK_SECRET")
+    """Key of the HMAC that signs job-finished webhooks; without it, jobs with a ``callback_url`` are refused."""
     ready_requires_worker: bool = Field(default=False, alias="MONA_READY_REQUIRES_WORKER")
     """``/readyz`` also checks that the embedded worker lives (``mona serve`` sets it: it runs one)."""
 

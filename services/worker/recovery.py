@@ -53,6 +53,7 @@ from services.common.reports import (
 )
 from services.common.settings import Settings
 from services.common.tasks import make_celery, messages_on_broker, send_evaluate, send_train
+from services.common.webhooks import notify_job_finished
 from services.worker.retention import apply_retention
 
 logger = logging.getLogger(__name__)
@@ -178,13 +179,16 @@ def _requeue_one(settings: Settings, job: StaleJob, engine: Engine | None) -> bo
     with _session(settings, engine) as session:
         if job.attempts >= MAX_ATTEMPTS:
             reason = f"WorkerLost: the worker running this job was lost {job.attempts} times (last heartbeat {beat})"
-            fail_stale(session, job.id, settings.stale_job_seconds, reason)
+            failed = fail_stale(session, job.id, settings.stale_job_seconds, reason)
+        elif not requeue(session, job.id, settings.stale_job_seconds):
             return False
-        if not requeue(session, job.id, settings.stale_job_seconds):
-            return False
-        message = f"requeued after a lost worker (last heartbeat {beat} from {job.worker}, attempt {job.attempts})"
-        append_log(session, job.id, message, level="WARNING")
-    return True
+        else:
+            message = f"requeued after a lost worker (last heartbeat {beat} from {job.worker}, attempt {job.attempts})"
+            append_log(session, job.id, message, level="WARNING")
+            return True
+    if failed:
+        notify_job_finished(settings, job.id)
+    return False
 
 
 def recover_stale_reports(settings: Settings, send: Sender, engine: Engine | None = None) -> list[str]:

@@ -48,6 +48,7 @@ from services.common.jobs import (
 from services.common.models import DEFAULT_PROJECT, TERMINAL, JobStatus, Model, TrainingJob
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
+from services.common.webhooks import notify_job_finished
 from services.worker.recovery import JobLease, lease_interval
 from services.worker.study import run_study_job
 
@@ -99,12 +100,15 @@ def run_training_job(settings: Settings, job_id: str) -> str:
     interval = lease_interval(settings.stale_job_seconds)
     with JobLease(settings.sqlalchemy_url, job_id, me, interval) as lease:
         try:
-            return _run_claimed(settings, store, job_id, me, lease)
+            ended = _run_claimed(settings, store, job_id, me, lease)
         except Exception as exc:
             logger.exception("training job %s failed", job_id)
             with session_scope(settings.sqlalchemy_url) as session:
                 fail_job(session, job_id, me, f"{type(exc).__name__}: {exc}")
-            return JobStatus.FAILED.value
+            ended = JobStatus.FAILED.value
+    if ended in {status.value for status in TERMINAL}:
+        notify_job_finished(settings, job_id)
+    return ended
 
 
 def _claim(settings: Settings, job_id: str, me: str) -> bool:

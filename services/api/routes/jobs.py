@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, cast
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from services.common.auth import Principal
 from services.common.models import Case, Dataset, JobLog, JobMetric, JobStatus, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
 from services.common.tasks import send_train
+from services.common.webhooks import notify_job_finished
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +122,18 @@ def _check_dataset(session: Session, principal: Principal, dataset_id: str, labe
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def create_job(
-    body: JobCreate, session: SessionDep, store: StoreDep, celery: CeleryDep, principal: PrincipalDep
+    body: JobCreate,
+    session: SessionDep,
+    store: StoreDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> JobPublic:
     """Queue a training job (in its dataset's project); 503 (and the job marked failed) when the task broker cannot
     be reached."""
     config = validate_request(body)
+    if body.callback_url is not None and not settings.webhook_secret:
+        raise _unprocessable("expected MONA_WEBHOOK_SECRET set on the service for a callback_url, got none")
     dataset = _check_dataset(session, principal, body.dataset_id, body.labelled_patients)
     if body.from_job_id is not None and isinstance(config, TrainConfig):
         checkpoint = _pretrained_checkpoint(session, principal, store, body.from_job_id)
@@ -140,6 +148,7 @@ def create_job(
         labelled_ratio=body.labelled_ratio,
         device=body.device,
         total_iterations=config.total_iterations if isinstance(config, StudyConfig) else config.iterations,
+        callback_url=str(body.callback_url) if body.callback_url is not None else None,
     )
     session.add(job)
     session.commit()
@@ -208,7 +217,9 @@ def _updated(session: Session, statement: Update) -> int:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(409))
-def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+def cancel_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, background: BackgroundTasks
+) -> JobPublic:
     """Queued: cancelled at once. Running: flagged; the worker stops at its next step. Finished: 409.
 
     Conditional updates, so a worker that picks the job up meanwhile cannot be overwritten.
@@ -223,6 +234,8 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     session.commit()
     session.refresh(job)
     logger.info("cancel requested for job %s (now %s)", job.id, job.status)
+    if job.status == JobStatus.CANCELLED.value:  # a running job is announced by its worker when it stops
+        background.add_task(notify_job_finished, settings, job.id)
     return JobPublic.model_validate(job)
 
 

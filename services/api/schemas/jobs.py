@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from services.api.schemas.reports import UtcDatetime
 from services.common.models import JobStatus
@@ -28,6 +28,10 @@ class JobCreate(BaseModel):
     labelled_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     config: dict[str, Any] = Field(default_factory=dict, examples=[{"iterations": 2000, "size": 128}])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    callback_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="POSTed a signed JSON notice when the job ends (succeeded, failed, cancelled); see the README",
+    )
     from_job_id: str | None = Field(
         default=None,
         description="for kind finetune: the succeeded pretrain job whose last checkpoint it starts from "
@@ -64,6 +68,7 @@ class JobPublic(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     cancel_requested: bool
+    callback_url: str | None
 
 
 class JobMetrics(BaseModel):
