@@ -25,7 +25,8 @@ from typing import Any
 
 from mona_core.data.presets import PRESETS
 from mona_core.data.splits import fully_labelled_patients, split_by_patient
-from mona_core.io.nifti import is_nifti_name, read_label
+from mona_core.io.formats import is_image_name, strip_image_suffix
+from mona_core.io.nifti import read_label
 
 logger = logging.getLogger(__name__)
 
@@ -227,12 +228,13 @@ def _read_json(path: Path) -> Any:
 
 
 def _nifti_by_case(folder: Path) -> dict[str, Path]:
-    """``<name>`` -> path for each visible NIfTI file of ``folder``; one name as .nii and .nii.gz fails."""
+    """``<name>`` -> path for each visible image file (NIfTI, MHA, NRRD) of ``folder``; one name in two formats
+    fails."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_nifti_name(path):
+        if path.name.startswith(".") or not path.is_file() or not is_image_name(path.name):
             continue
-        key = re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.IGNORECASE)
+        key = strip_image_suffix(path.name)
         if key in found:
             raise DatasetError(f"expected one file per case, got {found[key].name} and {path.name}")
         found[key] = path

@@ -26,7 +26,16 @@ from sqlalchemy.orm import Session
 from mona_core.export.manifest import MANIFEST_FILE, MODEL_FILE
 from mona_core.inference.evaluate import ASD_UNIT
 from mona_core.inference.segmenter import Segmenter
-from mona_core.io import NiftiError, Volume, read_image, read_label, write_mask
+from mona_core.io import (
+    IMAGE_SUFFIXES,
+    NiftiError,
+    Volume,
+    image_suffix,
+    read_image,
+    read_label,
+    strip_image_suffix,
+    write_mask,
+)
 from mona_core.metrics import MetricAccumulator, evaluate_case, spacing_zyx_from_xyz
 from mona_core.report import save_overlay_png
 from services.api.errors import PayloadTooLarge
@@ -50,27 +59,34 @@ class Upload:
     size: int
 
 
-def nifti_suffix(filename: str | None) -> str:
-    """``.nii.gz`` or ``.nii`` from an upload's file name (the store only accepts known suffixes)."""
-    name = (filename or "").lower()
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return suffix
-    raise NiftiError(f"expected a .nii or .nii.gz file, got {filename!r}")
+SERIES_ZIP: Final = ".zip"
+
+
+def nifti_suffix(filename: str | None, series_zip: bool = False) -> str:
+    """The suffix of an uploaded scan's file name (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``; with ``series_zip``
+    also ``.zip``, a DICOM series): the store only accepts known suffixes."""
+    suffix = image_suffix(filename or "")
+    if suffix is not None:
+        return suffix
+    if series_zip and (filename or "").lower().endswith(SERIES_ZIP):
+        return SERIES_ZIP
+    accepted = [*IMAGE_SUFFIXES, *([SERIES_ZIP + " (a DICOM series)"] if series_zip else [])]
+    raise NiftiError(f"expected a {', '.join(accepted)} file, got {filename!r}")
 
 
 def case_id_from(filename: str | None) -> str:
-    """A display id for an uploaded scan: its file name without folders or NIfTI suffix, unsafe characters as ``_``."""
+    """A display id for an uploaded scan: its file name without folders or suffix, unsafe characters as ``_``."""
     name = re.split(r"[\\/]", filename or "")[-1]
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return _UNSAFE.sub("_", name).strip("._")[:100] or "case"
+    if name.lower().endswith(SERIES_ZIP):
+        name = name[: -len(SERIES_ZIP)]
+    return _UNSAFE.sub("_", strip_image_suffix(name)).strip("._")[:100] or "case"
 
 
-def receive_upload(store: ArtifactStore, stream: BinaryIO, filename: str | None, limit: int) -> Upload:
+def receive_upload(
+    store: ArtifactStore, stream: BinaryIO, filename: str | None, limit: int, series_zip: bool = False
+) -> Upload:
     """Copy ``stream`` into a staging file, hashing it; PayloadTooLarge (413) past ``limit`` bytes."""
-    target = store.staging_file(nifti_suffix(filename))
+    target = store.staging_file(nifti_suffix(filename, series_zip))
     digest, size = hashlib.sha256(), 0
     try:
         with target.open("wb") as sink:
@@ -162,13 +178,14 @@ def segment_upload(
     uploads: tuple[Upload, Upload | None],
     case_id: str,
     max_voxels: int,
+    volume: Volume | None = None,
 ) -> Segmentation:
     """Validate, segment, store the mask and insert a ``Segmentation`` row (flushed, not committed).
 
     With a label, also a ``Report`` (source "segmentation") with its entries and an overlay PNG.
     """
     image, label = uploads
-    volume = read_image(image.path, max_voxels=max_voxels)
+    volume = volume if volume is not None else read_image(image.path, max_voxels=max_voxels)
     truth = read_label(label.path, volume.geometry, len(model.classes), max_voxels) if label is not None else None
     segmenter = SEGMENTERS.get(materialise_model_dir(store, model).resolve())
     started = time.perf_counter()

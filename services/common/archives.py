@@ -1,7 +1,8 @@
 """Safe unpacking of ``.zip`` / ``.tar.gz`` dataset archives in nnU-Net raw layout.
 
-Accepted members: ``imagesTr/<name>.nii[.gz]``, ``labelsTr/<name>.nii[.gz]``, ``dataset.json``, ``splits.json``
-and those two folders, optionally all under one top folder (``Dataset001_X/imagesTr/...``), which is stripped.
+Accepted members: ``imagesTr/<name>``, ``labelsTr/<name>``, ``imagesTs/<name>`` (``.nii[.gz]``, ``.mha``,
+``.nrrd``), ``dataset.json``, ``splits.json`` and those folders, optionally all under one top folder
+(``Dataset001_X/imagesTr/...``), which is stripped.
 macOS extras (``__MACOSX/``, ``.DS_Store``, ``._*``) are skipped; anything else is refused with ``ArchiveError``:
 absolute paths, ``..``, backslashes, symlinks, hard links, devices, FIFOs, sparse or encrypted members, unknown
 files, repeated names, more than ``max_members`` members, a member above ``max_member_bytes`` or a total above
@@ -33,8 +34,13 @@ _BLOCK = 512
 _CHUNK = 1 << 20
 _LAYOUT_DIRS = ("imagesTr", "labelsTr", "imagesTs")
 _LAYOUT_JSON = ("dataset.json", "splits.json")
-_LAYOUT_FILE = re.compile(r"^(imagesTr|labelsTr|imagesTs)/[A-Za-z0-9][A-Za-z0-9_.-]{0,250}\.nii(\.gz)?$")
-_LAYOUT_HELP = "imagesTr/*.nii.gz, labelsTr/*.nii.gz, imagesTs/*.nii.gz, dataset.json, splits.json"
+_LAYOUT_FILE = re.compile(
+    r"^(imagesTr|labelsTr|imagesTs)/[A-Za-z0-9][A-Za-z0-9_.-]{0,250}\.(nii(\.gz)?|mha|nrrd)$", re.IGNORECASE
+)
+_LAYOUT_HELP = (
+    "imagesTr/*.nii.gz, labelsTr/*.nii.gz, imagesTs/*.nii.gz (or .nii, .mha, .nrrd), dataset.json, splits.json"
+)
+_SERIES_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,250}")
 _TAR_METADATA = (b"x", b"g", b"X", b"L", b"K")
 _TAR_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # tarfile skips no data after these headers
 
@@ -70,6 +76,8 @@ class _Unpacker:
 
     dest: Path
     limits: ArchiveLimits
+    flat: bool = False
+    """A DICOM series: files at the top level or in one folder, any safe names (no nnU-Net layout)."""
     members: int = 0
     declared: int = 0
     written: int = 0
@@ -93,6 +101,8 @@ class _Unpacker:
         parts = _safe_parts(name)
         if not parts or _is_extra(parts):
             return None
+        if self.flat:
+            return self._flat_target(name, parts, is_dir)
         prefix, rest = ("", parts) if parts[0] in (*_LAYOUT_DIRS, *_LAYOUT_JSON) else (parts[0], parts[1:])
         self.prefixes.add(prefix)
         if len(self.prefixes) > 1:
@@ -106,6 +116,21 @@ class _Unpacker:
             raise ArchiveError(f"expected each archive member once, got {name!r} twice")
         self.extracted.add(relative)
         return relative
+
+    def _flat_target(self, name: str, parts: list[str], is_dir: bool) -> str | None:
+        if is_dir and len(parts) == 1:
+            return None
+        if len(parts) > 2 or is_dir:
+            raise ArchiveError(f"expected the series' files at the top level or in one folder, got {name!r}")
+        self.prefixes.add(parts[0] if len(parts) == 2 else "")
+        if len(self.prefixes) > 1:
+            raise ArchiveError(f"expected the series' files at the top level or in one folder, got {name!r}")
+        if not _SERIES_FILE.fullmatch(parts[-1]):
+            raise ArchiveError(f"expected file names of A-Z a-z 0-9 _ . - in the series, got {name!r}")
+        if parts[-1] in self.extracted:
+            raise ArchiveError(f"expected each archive member once, got {name!r} twice")
+        self.extracted.add(parts[-1])
+        return parts[-1]
 
     def write(self, source: _Readable, relative: str, declared: int) -> None:
         """Copy one member, counting the bytes actually produced against its declared size and the budgets."""
@@ -149,6 +174,21 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
     except OSError as exc:
         raise ArchiveError(f"expected a readable archive, got an error while unpacking ({exc})") from exc
     logger.info("unpacked %d files (%d bytes) from %s", len(unpacker.extracted), unpacker.written, archive.name)
+    return len(unpacker.extracted)
+
+
+def extract_series_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
+    """Unpack a ``.zip`` holding one DICOM series (its files at the top level or in one folder) into ``dest``, with
+    the same safety rules as dataset archives; return the number of files written."""
+    unpacker = _Unpacker(dest=dest, limits=limits, flat=True)
+    try:
+        _extract_zip(archive, unpacker)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"expected a readable zip, got a broken one ({exc})") from exc
+    except OSError as exc:
+        raise ArchiveError(f"expected a readable zip, got an error while unpacking ({exc})") from exc
+    if not unpacker.extracted:
+        raise ArchiveError("expected the files of a DICOM series in the zip, got none")
     return len(unpacker.extracted)
 
 

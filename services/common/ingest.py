@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mona_core.data.dataset import CHANNEL_SUFFIX, load_nnunet_raw, patient_of
-from mona_core.io import Geometry, NiftiError, read_image, read_label
+from mona_core.io import IMAGE_SUFFIXES, Geometry, NiftiError, image_suffix, read_image, read_label
 from services.common.models import Case, Dataset, Segmentation
 from services.common.storage import ArtifactStore
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_NIFTI_END = re.compile(r"(_0000)?\.nii(\.gz)?$", re.IGNORECASE)
+_NIFTI_END = re.compile(r"(_0000)?\.(nii(\.gz)?|mha|nrrd)$", re.IGNORECASE)
 
 
 class IngestError(ValueError):
@@ -72,13 +72,12 @@ class CheckedCase:
 
 
 def nifti_suffix(filename: str) -> str:
-    """``.nii.gz`` or ``.nii`` for a NIfTI file name; anything else raises ``NiftiError``."""
-    lowered = filename.lower()
-    if lowered.endswith(".nii.gz"):
-        return ".nii.gz"
-    if lowered.endswith(".nii"):
-        return ".nii"
-    raise NiftiError(f"expected a .nii or .nii.gz file, got {filename!r}")
+    """The suffix of a scan's file name (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``); anything else raises
+    ``NiftiError``."""
+    suffix = image_suffix(filename)
+    if suffix is None:
+        raise NiftiError(f"expected a {', '.join(IMAGE_SUFFIXES)} file, got {filename!r}")
+    return suffix
 
 
 def case_id_from_filename(filename: str) -> str:

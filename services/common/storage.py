@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SUFFIXES = (".nii.gz", ".nii", ".onnx", ".json", ".png", ".zip", ".tar.gz")
+SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".dcm", ".onnx", ".json", ".png", ".zip", ".tar.gz")
 _KEY = re.compile(r"^objects/[0-9a-f]{2}/[0-9a-f]{64}(\.nii\.gz|\.nii|\.onnx|\.json|\.png|\.zip|\.tar\.gz)?$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 

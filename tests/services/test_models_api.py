@@ -200,7 +200,7 @@ def test_segment_as_json(api: TestClient, model: Registered, scans: tuple[Path, 
     ("name", "payload", "message"),
     [
         ("scan.nii.gz", b"garbage bytes, not a NIfTI file", "expected a complete NIfTI file"),
-        ("scan.txt", b"whatever", "expected a .nii or .nii.gz file, got 'scan.txt'"),
+        ("scan.txt", b"whatever", "expected a .nii.gz, .nii, .mha, .nrrd, .zip (a DICOM series) file, got 'scan.txt'"),
     ],
 )
 def test_bad_uploads_are_422_and_leave_nothing(

@@ -41,7 +41,7 @@ _CASE_FORM: dict[str, Any] = {
             "type": "object",
             "required": ["image"],
             "properties": {
-                "image": {"type": "string", "format": "binary", "description": ".nii or .nii.gz"},
+                "image": {"type": "string", "format": "binary", "description": ".nii, .nii.gz, .mha or .nrrd"},
                 "label": {"type": "string", "format": "binary", "description": "optional label map on the grid"},
                 "case_id": {"type": "string", "description": "default: from the image file name"},
                 "patient_id": {"type": "string", "description": "default: the case id before '_frame'"},

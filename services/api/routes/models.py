@@ -10,14 +10,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
-from mona_core.io import NiftiError
+from mona_core.io import DicomSeries, NiftiError, Scan, read_label, read_scan, write_dicom_seg
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.batches import batch_or_none, batch_public
@@ -25,8 +26,16 @@ from services.api.routes.reports import api_path, report_public, stored_file
 from services.api.schemas.common import Page, error_responses
 from services.api.schemas.models import BatchPublic, ModelPublic, SegmentationPublic
 from services.api.scope import get_or_404, paged, visible
-from services.api.segmentation import SEGMENTERS, Upload, case_id_from, receive_upload, segment_upload
+from services.api.segmentation import (
+    SEGMENTERS,
+    SERIES_ZIP,
+    Upload,
+    case_id_from,
+    receive_upload,
+    segment_upload,
+)
 from services.common import deletion
+from services.common.archives import ArchiveError, ArchiveLimits, extract_series_zip
 from services.common.ingest import client_message
 from services.common.models import Model, Report, Segmentation
 from services.common.settings import Settings
@@ -38,6 +47,7 @@ router = APIRouter(tags=["models"])
 segmentations = APIRouter(tags=["segmentations"])
 
 MASK_MEDIA_TYPE = "application/gzip"
+DICOM_MEDIA_TYPE = "application/dicom"
 _FILE_RESPONSE: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 
 
@@ -82,7 +92,7 @@ def _receive(
     store: ArtifactStore, settings: Settings, image: UploadFile, label: UploadFile | None
 ) -> tuple[Upload, Upload | None]:
     """Both uploads in staging files (413 past the size cap); nothing is left behind on failure."""
-    received = receive_upload(store, image.file, image.filename, settings.max_upload_bytes)
+    received = receive_upload(store, image.file, image.filename, settings.max_upload_bytes, series_zip=True)
     try:
         if label is None:
             return received, None
@@ -132,7 +142,10 @@ def _segmentation_public(request: Request, session: Session, row: Segmentation) 
 @router.post(
     "/models/{model_id}/segment",
     response_model=None,
-    responses={200: {"content": {MASK_MEDIA_TYPE: {}, "application/json": {}}}, **error_responses(400, 413)},
+    responses={
+        200: {"content": {MASK_MEDIA_TYPE: {}, DICOM_MEDIA_TYPE: {}, "application/json": {}}},
+        **error_responses(400, 413),
+    },
 )
 def segment(
     model_id: str,
@@ -141,26 +154,71 @@ def segment(
     store: StoreDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    image: Annotated[UploadFile, File(description="the scan, .nii or .nii.gz")],
+    image: Annotated[
+        UploadFile, File(description="the scan: .nii, .nii.gz, .mha, .nrrd, or a .zip of one DICOM series")
+    ],
     label: Annotated[UploadFile | None, File(description="optional label map on the scan's grid")] = None,
+    answer: Annotated[
+        Literal["nifti", "dicom-seg"],
+        Query(alias="format", description="dicom-seg (a DICOM input only): a DICOM Segmentation object instead"),
+    ] = "nifti",
 ) -> Response:
-    """Segment one scan: the mask (``mask.nii.gz``, on the input's grid) or, with ``Accept: application/json``,
-    a JSON summary. With a label, a DSC/ASD report and an overlay are recorded (``X-Report-Id``)."""
+    """Segment one scan: the mask (``mask.nii.gz``, on the input's grid; for a DICOM series the grid SimpleITK's
+    series reader builds) or, with ``Accept: application/json``, a JSON summary; ``?format=dicom-seg`` answers a
+    DICOM SEG referencing the uploaded series. With a label, a DSC/ASD report and an overlay are recorded."""
     model = get_or_404(session, principal, Model, model_id, "model")
     image_upload, label_upload = _receive(store, settings, image, label)
     names = {image_upload.path: image.filename or ""}
     if label_upload is not None and label is not None:
         names[label_upload.path] = label.filename or ""
     try:
-        with _client_named(names):
+        with _client_named(names), store.staging_dir() as folder:
+            scan = _read_upload(store, settings, image_upload, folder)
+            if answer == "dicom-seg" and scan.series is None:
+                raise NiftiError(f"expected a .zip of a DICOM series for format=dicom-seg, got {image.filename!r}")
             uploads = (image_upload, label_upload)
-            row = segment_upload(session, store, model, uploads, case_id_from(image.filename), settings.max_voxels)
+            case_id = case_id_from(image.filename)
+            row = segment_upload(session, store, model, uploads, case_id, settings.max_voxels, volume=scan.volume)
+            seg = (
+                _dicom_seg(store, model, row, scan.series)
+                if scan.series is not None and answer == "dicom-seg"
+                else None
+            )
     finally:
         store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
     session.commit()
+    if seg is not None:
+        headers = {"X-Segmentation-Id": row.id}
+        background = BackgroundTask(store.discard, seg)
+        return FileResponse(
+            seg, media_type=DICOM_MEDIA_TYPE, filename="seg.dcm", headers=headers, background=background
+        )
     if _wants_json(request):
         return JSONResponse(_segmentation_public(request, session, row).model_dump(mode="json"))
     return _mask_response(store, row)
+
+
+def _read_upload(store: ArtifactStore, settings: Settings, upload: Upload, folder: Path) -> Scan:
+    """The uploaded scan: a file by its suffix, or the DICOM series of a zip (unpacked safely into ``folder``)."""
+    if upload.path.name.endswith(SERIES_ZIP):
+        limits = ArchiveLimits(max_total_bytes=settings.max_archive_bytes, max_member_bytes=settings.max_upload_bytes)
+        try:
+            extract_series_zip(upload.path, folder, limits)
+        except ArchiveError as exc:
+            raise NiftiError(str(exc)) from exc
+        return read_scan(folder, max_voxels=settings.max_voxels)
+    return read_scan(upload.path, max_voxels=settings.max_voxels)
+
+
+def _dicom_seg(store: ArtifactStore, model: Model, row: Segmentation, series: DicomSeries) -> Path:
+    """A DICOM SEG of the stored mask, referencing ``series`` (written while its files are still unpacked)."""
+    mask = read_label(store.path(row.mask_key))
+    target = store.staging_file(".dcm")
+    try:
+        return write_dicom_seg(mask.array, series, [str(name) for name in model.classes], target)
+    except BaseException:
+        store.discard(target)
+        raise
 
 
 @segmentations.get("/segmentations/{segmentation_id}", response_model=SegmentationPublic | BatchPublic)
