@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.deps import require_api_key
+from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
 from services.api.keygate import ApiKeyGate
 from services.api.openapi import declare_errors
@@ -43,12 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with suppress(asyncio.CancelledError):
             await sweeper
 
-    app = FastAPI(title="MONA as a service", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="MONA as a service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifact_root)
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
     app.add_middleware(ApiKeyGate, database_url=settings.sqlalchemy_url)
+    install_docs(app)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for module in (account, datasets, jobs, batches, models, reports):

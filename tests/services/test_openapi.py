@@ -96,3 +96,14 @@ def test_pages_count_everything_and_slice(api: TestClient) -> None:
     assert (second["offset"], len(second["items"])) == (2, 2)
     listed = [row["id"] for row in first["items"] + second["items"]]
     assert listed == made[::-1][:4], "newest first, no overlap between pages"
+
+
+def test_docs_pages_need_no_cdn(api: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = api.get(page)
+        assert html.status_code == 200 and "/openapi.json" in html.text, page
+        assert "cdn" not in html.text.lower() and "googleapis" not in html.text, f"{page} must load nothing remote"
+        assets = [part.split('"')[0] for part in html.text.split('"/docs-assets/')[1:]]
+        assert assets, page
+        for asset in assets:
+            assert api.get(f"/docs-assets/{asset}").status_code == 200, asset
