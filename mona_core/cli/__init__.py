@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 from mona_core.cli import commands, demo, segmenting, study
 from mona_core.data.dataset import DatasetError
@@ -20,9 +20,17 @@ PLUGIN_GROUP = "mona.commands"
 ``db``); each entry point is a function taking the subparsers object. mona_core itself never imports them."""
 
 
+def _version() -> str:
+    try:
+        return version("mona-service")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mona", description="MONA: segmentation with extremely few labels.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"mona {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands.add_train(sub)
     commands.add_export(sub)

@@ -4,7 +4,8 @@ Two on-disk layouts are understood:
 
 - nnU-Net raw: ``imagesTr/<case>_0000.nii.gz``, optional ``labelsTr/<case>.nii.gz``, ``dataset.json`` and an
   optional ``splits.json``.
-- a plain folder of pairs: ``<case>.nii.gz`` next to ``<case>_label.nii.gz`` / ``<case>_seg.nii.gz``, or
+- a plain folder of pairs: ``<case>.nii.gz`` next to ``<case>_label.nii.gz`` / ``<case>_seg.nii.gz`` /
+  ``<case>_gt.nii.gz`` (ACDC's naming), or
   ``images/`` + ``labels/`` subfolders holding identically named files.
 
 Only names and JSON files are read here (no voxels), except when a plain folder's classes must be discovered
@@ -31,7 +32,7 @@ from mona_core.io.nifti import read_label
 logger = logging.getLogger(__name__)
 
 CHANNEL_SUFFIX = "_0000"
-LABEL_SUFFIXES = ("_label", "_seg")
+LABEL_SUFFIXES = ("_label", "_seg", "_gt")
 REQUIRED_SPLITS = ("train", "val")
 
 
