@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -33,13 +34,20 @@ TITLE_INCHES = 0.3
 LEGEND_INCHES = 0.8
 DPI = 100
 _PALETTE: tuple[tuple[float, float, float], ...] = (
-    (0.90, 0.15, 0.15),
-    (0.15, 0.80, 0.25),
-    (0.20, 0.45, 1.00),
-    (1.00, 0.80, 0.00),
-    (0.85, 0.25, 0.85),
-    (0.00, 0.80, 0.80),
+    (0.90, 0.62, 0.00),  # orange            (Okabe & Ito's colour-blind-safe palette)
+    (0.34, 0.71, 0.91),  # sky blue
+    (0.00, 0.62, 0.45),  # bluish green
+    (0.94, 0.89, 0.26),  # yellow
+    (0.80, 0.47, 0.65),  # reddish purple
+    (0.00, 0.45, 0.70),  # blue
+    (0.84, 0.37, 0.00),  # vermillion
 )
+FALSE_POSITIVE = (0.84, 0.37, 0.00)  # vermillion: predicted, not in the label
+FALSE_NEGATIVE = (0.00, 0.45, 0.70)  # blue: in the label, not predicted
+FILE_MODE = 0o644
+"""Pictures are for people and other services to read: world-readable, like any published report."""
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def class_colour(index: int) -> tuple[float, float, float]:
@@ -78,19 +86,70 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return windowed
 
 
-def _overlay_rgba(mask: np.ndarray) -> np.ndarray:
+def _overlay_rgba(mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """RGBA image ``(y, x, 4)``: each foreground class in its colour, translucent; background transparent."""
     rgba = np.zeros((*mask.shape, 4), dtype=np.float64)
     for index in np.unique(mask):
         if index <= 0:
             continue
-        rgba[mask == index] = (*class_colour(int(index)), OVERLAY_ALPHA)
+        rgba[mask == index] = (*class_colour(int(index)), alpha)
     return rgba
 
 
-def _draw_panel(ax: Axes, image_slice: np.ndarray, mask_slice: np.ndarray, title: str) -> None:
+def boundary(region: np.ndarray) -> np.ndarray:
+    """The pixels of a 2D boolean ``region`` that touch a pixel outside it (4-neighbourhood): its outline."""
+    padded = np.pad(region, 1, mode="constant", constant_values=False)
+    inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    outline: np.ndarray = region & ~inner
+    return outline
+
+
+def _contours_rgba(mask: np.ndarray, fill: float = 0.15) -> np.ndarray:
+    """Each class as an opaque outline in its colour over a faint fill, so boundaries stay visible."""
+    rgba = _overlay_rgba(mask, alpha=fill)
+    for index in np.unique(mask):
+        if index > 0:
+            rgba[boundary(mask == index)] = (*class_colour(int(index)), 1.0)
+    return rgba
+
+
+def error_map_rgba(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Where the prediction is wrong: false positives (a foreground class the label does not have there) and false
+    negatives (label foreground predicted as another class or background), each in its own colour."""
+    rgba = np.zeros((*prediction.shape, 4), dtype=np.float64)
+    wrong = prediction != label
+    rgba[wrong & (label > 0)] = (*FALSE_NEGATIVE, 0.85)
+    rgba[wrong & (prediction > 0) & (label == 0)] = (*FALSE_POSITIVE, 0.85)
+    return rgba
+
+
+def slice_dice(prediction: np.ndarray, label: np.ndarray) -> float | None:
+    """Mean DSC over the foreground classes present in either 2D slice, or None when neither has foreground."""
+    scores = []
+    for index in np.union1d(np.unique(prediction), np.unique(label)):
+        if index <= 0:
+            continue
+        pred, truth = prediction == index, label == index
+        scores.append(2.0 * float(np.count_nonzero(pred & truth)) / float(pred.sum() + truth.sum()))
+    return float(np.mean(scores)) if scores else None
+
+
+def _draw_panel(ax: Axes, image_slice: np.ndarray, layers: Sequence[np.ndarray], title: str, note: str = "") -> None:
     ax.imshow(image_slice, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.imshow(_overlay_rgba(mask_slice), interpolation="nearest")
+    for layer in layers:
+        ax.imshow(layer, interpolation="nearest")
+    if note:
+        ax.text(
+            0.5,
+            0.5,
+            note,
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="white",
+            fontsize=10,
+            bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"},
+        )
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
@@ -112,6 +171,7 @@ def write_png_atomic(fig: Figure, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png", dpi=DPI)
+        tmp.chmod(FILE_MODE)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -142,24 +202,45 @@ def save_overlay_png(
     max_slices: int = 4,
     title: str | None = None,
 ) -> Path:
-    """Save a grid of slices: the image with the prediction as a translucent colour fill (top row) and, when a
-    label is given, the image with the label (bottom row); a legend names the classes.
+    """Save a grid of slices that shows where a segmentation is right and wrong.
+
+    Without a label: one row, the image with each predicted class as an outline over a faint fill. With a label:
+    row 1 the prediction's outlines, row 2 the label's, row 3 an error map (false positives and false negatives in
+    their own colours); each column's title carries that slice's DSC (mean over the classes on the slice). A slice
+    (or a volume) with no predicted foreground says "no prediction" instead of looking merely empty. Colours are
+    Okabe & Ito's colour-blind-safe palette.
 
     ``image`` is ``(z, y, x)`` float, ``prediction``/``label`` class-index ``(z, y, x)``. The slices shown
     are the ``max_slices`` with the most foreground in the label (or, without a label, in the prediction).
     """
     volume, rows = _overlay_rows(image, prediction, label)
-    slices = select_slices(rows[-1][1], max_slices)
-    height = (PANEL_INCHES + TITLE_INCHES) * len(rows) + LEGEND_INCHES
+    predicted, truth = rows[0][1], (rows[1][1] if len(rows) > 1 else None)
+    slices = select_slices(truth if truth is not None else predicted, max_slices)
+    n_rows = 1 if truth is None else 3
+    height = (PANEL_INCHES + TITLE_INCHES) * n_rows + LEGEND_INCHES
     fig = Figure(figsize=(PANEL_INCHES * len(slices), height), dpi=DPI, layout="constrained")
-    axes = fig.subplots(len(rows), len(slices), squeeze=False)
+    axes = fig.subplots(n_rows, len(slices), squeeze=False)
     shown = _normalise(volume)
-    for r, (row_name, mask) in enumerate(rows):
-        for c, z in enumerate(slices):
-            _draw_panel(axes[r][c], shown[z], mask[z], f"{row_name}, z={z}")
-    masks = [m for _, m in rows]
-    handles = _legend_handles(class_names, masks)
-    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=9, frameon=False)
+    empty_volume = not bool(np.any(predicted > 0))
+    for c, z in enumerate(slices):
+        note = "no prediction" if not np.any(predicted[z] > 0) else ""
+        if empty_volume:
+            note = "no prediction in the volume"
+        if truth is None:
+            _draw_panel(axes[0][c], shown[z], [_contours_rgba(predicted[z])], f"prediction, z={z}", note)
+            continue
+        dice = slice_dice(predicted[z], truth[z])
+        score = "DSC n/a (empty)" if dice is None else f"DSC {100 * dice:.1f}"
+        _draw_panel(axes[0][c], shown[z], [_contours_rgba(predicted[z])], f"prediction, z={z}, {score}", note)
+        _draw_panel(axes[1][c], shown[z], [_contours_rgba(truth[z])], f"label, z={z}")
+        _draw_panel(axes[2][c], shown[z], [error_map_rgba(predicted[z], truth[z])], f"errors, z={z}")
+    handles = _legend_handles(class_names, [m for _, m in rows])
+    if truth is not None:
+        handles += [
+            Patch(color=FALSE_POSITIVE, label="false positive (predicted, not labelled)"),
+            Patch(color=FALSE_NEGATIVE, label="false negative (labelled, missed or another class)"),
+        ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
     return write_png_atomic(fig, path)
@@ -231,22 +312,39 @@ def save_loss_curve_png(history: Sequence[Mapping[str, float]], path: str | Path
 
 
 def save_study_png(cells: Sequence[Mapping[str, object]], path: str | Path, title: str | None = None) -> Path:
-    """Label efficiency: mean DSC (%) and mean ASD against the labelled ratio, one line per method.
+    """Label efficiency: mean DSC (%, on 0-100) and mean ASD against the labelled ratio, one line per method.
 
-    ``cells`` are study cells as dicts with ``method``, ``ratio`` and ``mean`` (``{"dice", "asd"}``).
+    Lines differ by colour, marker and dash, so overlapping methods stay distinguishable; a panel without a defined
+    value (e.g. ASD when no case had both masks) says "n/a" instead of showing an empty axis.
+    ``cells`` are study cells as dicts with ``method``, ``ratio`` and ``mean`` (``{"dice", "asd"}``, DSC as a
+    fraction).
     """
     fig = Figure(figsize=(9.0, 4.0), dpi=DPI)
     dice_ax, asd_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     methods = sorted({str(cell["method"]) for cell in cells})
+    any_asd = False
     for number, method in enumerate(methods):
         rows = sorted((c for c in cells if c["method"] == method), key=lambda c: float(c["ratio"]))  # type: ignore[arg-type]
         ratios = [100 * float(c["ratio"]) for c in rows]  # type: ignore[arg-type]
         means = [c["mean"] for c in rows]
         dice = [np.nan if m["dice"] is None else 100 * m["dice"] for m in means]  # type: ignore[index]
         asd = [np.nan if m["asd"] is None else m["asd"] for m in means]  # type: ignore[index]
-        colour = class_colour(number + 1)
-        dice_ax.plot(ratios, dice, marker="o", label=method, color=colour)
-        asd_ax.plot(ratios, asd, marker="o", label=method, color=colour)
+        any_asd = any_asd or not all(np.isnan(asd))
+        style: dict[str, Any] = {
+            "marker": MARKERS[number % len(MARKERS)],
+            "linestyle": LINE_STYLES[number % len(LINE_STYLES)],
+            "color": class_colour(number + 1),
+            "markersize": 7 - number % 3,
+            "label": method,
+        }
+        dice_ax.plot(ratios, dice, **style)
+        asd_ax.plot(ratios, asd, **style)
+    dice_ax.set_ylim(0, 100)
+    if not any_asd:
+        asd_ax.text(
+            0.5, 0.5, "ASD n/a\n(no case with both masks)", ha="center", va="center", transform=asd_ax.transAxes
+        )
+        asd_ax.set_yticks([])
     for ax, label in ((dice_ax, "mean DSC (%)"), (asd_ax, "mean ASD")):
         ax.set_xlabel("labelled patients (%)")
         ax.set_ylabel(label)

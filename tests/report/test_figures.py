@@ -10,7 +10,14 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from mona_core.report import save_loss_curve_png, save_overlay_png, select_slices
-from mona_core.report.figures import _plot_losses
+from mona_core.report.figures import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    _plot_losses,
+    boundary,
+    error_map_rgba,
+    slice_dice,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -39,7 +46,8 @@ def test_overlay_with_label(tmp_path: Path) -> None:
     image, prediction, label = _volumes()
     out = save_overlay_png(image, prediction, tmp_path / "overlay.png", label=label, title="case 1")
     assert out == tmp_path / "overlay.png"
-    _check_png(out, height=740, width=1200)  # 2 rows of 3.3 in + legend 0.8 in; 4 slices x 3 in; 100 dpi
+    _check_png(out, height=1070, width=1200)  # 3 rows of 3.3 in + legend 0.8 in; 4 slices x 3 in; 100 dpi
+    assert out.stat().st_mode & 0o777 == 0o644, "pictures are world-readable"
 
 
 def test_overlay_without_foreground_or_label(tmp_path: Path) -> None:
@@ -83,3 +91,20 @@ def test_loss_axis_is_log_only_when_all_losses_positive() -> None:
     ax = Figure().add_subplot()
     _plot_losses(ax, [{"step": 1.0, "loss": 0.5}, {"step": 2.0, "loss": -0.1}])
     assert ax.get_yscale() == "linear"
+
+
+def test_outlines_error_map_and_slice_dice() -> None:
+    square = np.zeros((7, 7), dtype=bool)
+    square[1:6, 1:6] = True
+    ring = boundary(square)
+    assert ring.sum() == 16 and not ring[2:5, 2:5].any(), "the outline is the square's border, not its inside"
+    label = np.zeros((4, 4), dtype=np.uint8)
+    label[0:2, 0:2] = 1
+    prediction = np.zeros_like(label)
+    prediction[0:2, 1:3] = 1
+    errors = error_map_rgba(prediction, label)
+    assert tuple(errors[0, 0, :3]) == FALSE_NEGATIVE and tuple(errors[0, 2, :3]) == FALSE_POSITIVE
+    assert errors[0, 1, 3] == 0.0, "a correct pixel is not marked"
+    assert slice_dice(prediction, label) == 0.5
+    assert slice_dice(np.zeros_like(label), np.zeros_like(label)) is None
+    assert slice_dice(np.zeros_like(label), label) == 0.0
