@@ -17,6 +17,7 @@ from services.api.keygate import ApiKeyGate
 from services.api.openapi import declare_errors
 from services.api.routes import account, batches, datasets, health, jobs, models, reports
 from services.api.staging import sweep_once, sweep_periodically
+from services.api.ui.routes import install_console
 from services.common.auth import rotate_bootstrap
 from services.common.db import session_scope
 from services.common.migrate import upgrade_head
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(ApiKeyGate, database_url=settings.sqlalchemy_url)
     install_docs(app)
+    install_console(app)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for module in (account, datasets, jobs, batches, models, reports):
