@@ -5,7 +5,7 @@ embedded default (SQLite + filesystem broker), or Postgres + Redis when ``DATABA
 — trains a small model through a job (phantoms, 256x256 slices, a few iterations: latency, not accuracy, is
 measured), then times ``POST /v1/models/{id}/segment`` on one ACDC validation volume.
 
-    .venv/bin/python benchmarks/service_latency.py [--requests 30] [--concurrency 16]
+    .venv/bin/python benchmarks/service_latency.py [--requests 30] [--concurrency 16] [--with-label]
     DATABASE_URL=postgresql+psycopg://... BROKER_URL=redis://... .venv/bin/python benchmarks/service_latency.py
 """
 
@@ -60,10 +60,12 @@ def _train_model(client: httpx.Client, work: Path) -> tuple[str, float]:
     return job["model_id"], first_progress if first_progress is not None else time.perf_counter() - submitted
 
 
-def _segment_once(base: str, key: str, model_id: str, volume: bytes) -> tuple[float, int]:
+def _segment_once(base: str, key: str, model_id: str, volume: bytes, label: bytes | None = None) -> tuple[float, int]:
     start = time.perf_counter()
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=300) as client:
         files = {"image": ("scan.nii.gz", volume, "application/gzip")}
+        if label is not None:
+            files["label"] = ("label.nii.gz", label, "application/gzip")
         response = client.post(f"/v1/models/{model_id}/segment", files=files)
     return time.perf_counter() - start, response.status_code
 
@@ -73,19 +75,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(settings: Settings, requests: int, concurrency: int) -> dict[str, Any]:
+def measure(settings: Settings, requests: int, concurrency: int, with_label: bool = False) -> dict[str, Any]:
     upgrade_head(settings.sqlalchemy_url)
     port = free_port("127.0.0.1")
     base, key = f"http://127.0.0.1:{port}", settings.api_key or ""
     case = sorted((ACDC / "imagesTr").glob("patient0*_frame01_0000.nii.gz"))[0]
     volume = case.read_bytes()
+    truth = (ACDC / "labelsTr" / case.name.replace("_0000", "")).read_bytes() if with_label else None
     with running_worker(settings), running_api(settings, "127.0.0.1", port):
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=300) as client:
             model_id, first_progress = _train_model(client, settings.data_dir / "bench")
         _segment_once(base, key, model_id, volume)  # warm the session cache
         sequential = [_segment_once(base, key, model_id, volume) for _ in range(requests)]
         with ThreadPoolExecutor(concurrency) as pool:
-            parallel = list(pool.map(lambda _: _segment_once(base, key, model_id, volume), range(concurrency)))
+            parallel = list(pool.map(lambda _: _segment_once(base, key, model_id, volume, truth), range(concurrency)))
     latencies = [seconds for seconds, _ in sequential]
     return {
         "backend": {"database": settings.sqlalchemy_url.split(":")[0], "broker": settings.broker_url.split(":")[0]},
@@ -97,7 +100,10 @@ def measure(settings: Settings, requests: int, concurrency: int) -> dict[str, An
         },
         "concurrent": {
             "requests": concurrency,
+            "with_label (mask + report + overlay)": with_label,
             "errors": sum(status != 200 for _, status in parallel),
+            "p50_s": round(statistics.median(seconds for seconds, _ in parallel), 2),
+            "p95_s": round(_percentile([seconds for seconds, _ in parallel], 0.95), 2),
             "wall_max_s": round(max(seconds for seconds, _ in parallel), 2),
         },
     }
@@ -107,13 +113,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--with-label", action="store_true", help="concurrent requests send the label too")
     args = parser.parse_args()
     if not ACDC.is_dir():
         print(f"ACDC not found at {ACDC}; nothing to benchmark")
         return 0
     with tempfile.TemporaryDirectory(prefix="mona-bench-") as folder:
         settings = Settings(MONA_DATA_DIR=Path(folder), MONA_API_KEY="bench-key")  # type: ignore[call-arg]
-        print(json.dumps(measure(settings, args.requests, args.concurrency), indent=2))
+        print(json.dumps(measure(settings, args.requests, args.concurrency, args.with_label), indent=2))
     return 0
 
 
