@@ -123,7 +123,8 @@ def write_report(study: StudyConfig, index: DatasetIndex, cells: Sequence[StudyC
     report: dict[str, Any] = {
         "dataset": index.name,
         "study": study.to_dict(),
-        "unit": "DSC in %, ASD in mm (from the NIfTI spacing; voxels where the headers say 1 x 1 x 1, as in ACDC)",
+        "unit": "DSC as a fraction 0-1 (study.md and study.png show %), ASD in mm (from the NIfTI spacing; voxels "
+        "where the headers say 1 x 1 x 1, as in ACDC)",
         "cells": [asdict(cell) for cell in cells],
         "markdown": markdown,
     }
