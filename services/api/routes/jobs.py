@@ -20,7 +20,7 @@ from mona_core.training.config import METHODS, StudyConfig, TrainConfig
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import send_or_fail, stored_file
-from services.api.schemas.common import Page, error_responses
+from services.api.schemas.common import MetricRow, Page, error_responses
 from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
 from services.api.scope import get_or_404, paged, visible
 from services.common import deletion
@@ -188,12 +188,15 @@ def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPub
     return JobPublic.model_validate(get_or_404(session, principal, TrainingJob, job_id, "job"))
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics, response_model_exclude_unset=True)
 def get_job_metrics(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobMetrics:
     """Logged steps ordered by step: losses, lr and, on validation steps, the validation DSC."""
     job = get_or_404(session, principal, TrainingJob, job_id, "job")
     rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step, JobMetric.id))
-    history = [{"step": row.step, **{k: v for k, v in row.values.items() if k != "step"}} for row in rows]
+    history = [
+        MetricRow.model_validate({"step": row.step, **{k: v for k, v in row.values.items() if k != "step"}})
+        for row in rows
+    ]
     return JobMetrics(job_id=job.id, history=history)
 
 

@@ -23,7 +23,7 @@ from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.batches import batch_or_none, batch_public
 from services.api.routes.reports import api_path, report_public, stored_file
-from services.api.schemas.common import Page, error_responses
+from services.api.schemas.common import GeometryPublic, Page, error_responses
 from services.api.schemas.models import BatchPublic, ModelPublic, SegmentationPublic
 from services.api.scope import get_or_404, paged, visible
 from services.api.segmentation import (
@@ -134,7 +134,7 @@ def _segmentation_public(request: Request, session: Session, row: Segmentation) 
         overlay_url=overlay,
         report_id=row.report_id,
         report=report_public(request, session, report) if report is not None else None,
-        geometry=row.geometry,
+        geometry=GeometryPublic.model_validate(row.geometry),
         seconds=row.seconds,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Item = TypeVar("Item")
 
@@ -22,6 +22,27 @@ class Page(BaseModel, Generic[Item]):
     total: int
     limit: int
     offset: int
+
+
+class GeometryPublic(BaseModel):
+    """An image grid in SimpleITK's (x, y, z) order: voxel counts, spacing and origin in mm, the 3x3 direction
+    cosines row by row."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: list[float] = Field(min_length=9, max_length=9)
+
+
+class MetricRow(BaseModel):
+    """One logged training step: ``step``, ``lr``, the losses of the method (``loss``, ``loss_ce``, ...) and, on
+    validation steps, ``val_dice`` (mean foreground DSC, 0-1)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    lr: float | None = None
+    val_dice: float | None = None
 
 
 _DESCRIPTIONS = {

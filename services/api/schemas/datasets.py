@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.api.schemas.common import GeometryPublic
 from services.common.models import PROJECT_PATTERN
 
 MAX_CLASSES = 256  # labels are stored as uint8: values 0..255
@@ -86,7 +87,7 @@ class CasePublic(BaseModel):
     role: Literal["labelled", "unlabelled"]
     image_sha256: str
     label_sha256: str | None
-    geometry: dict[str, Any]
+    geometry: GeometryPublic
 
 
 class ArchivePublic(BaseModel):

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from services.api.schemas.common import MetricRow
 from services.api.schemas.reports import UtcDatetime
 from services.common.models import JobStatus
 
@@ -39,6 +40,16 @@ class JobCreate(BaseModel):
     )
 
 
+class SelectionPublic(BaseModel):
+    """Which training patients a job labelled (chosen by the worker, by patient, seeded) and which it left
+    unlabelled; ``request`` is what was asked (a count or a ratio)."""
+
+    labelled: list[str]
+    unlabelled: list[str]
+    seed: int
+    request: dict[str, Any]
+
+
 class JobPublic(BaseModel):
     """A training job as the API shows it; progress fields are written by the worker."""
 
@@ -54,14 +65,14 @@ class JobPublic(BaseModel):
     iteration: int
     total_iterations: int
     eta_s: float | None
-    latest_losses: dict[str, Any] | None
+    latest_losses: dict[str, float | None] | None
     best_val_dice: float | None
     model_id: str | None
     error: str | None
     attempts: int
     device: str | None
     config: dict[str, Any]
-    selection: dict[str, Any] | None
+    selection: SelectionPublic | None
     labelled_patients: int | None
     labelled_ratio: float | None
     created_at: UtcDatetime
@@ -75,7 +86,7 @@ class JobMetrics(BaseModel):
     """Logged training steps, ordered by step: ``{"step": int, <loss / lr / val_dice values>}``."""
 
     job_id: str
-    history: list[dict[str, Any]]
+    history: list[MetricRow]
 
 
 class JobLogLine(BaseModel):

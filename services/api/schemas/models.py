@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.api.schemas.common import GeometryPublic
 from services.api.schemas.reports import ClassScore, ReportPublic, UtcDatetime
 from services.common.models import JobStatus
 
@@ -38,7 +39,7 @@ class SegmentationPublic(BaseModel):
     overlay_url: str | None
     report_id: str | None
     report: ReportPublic | None
-    geometry: dict[str, Any]
+    geometry: GeometryPublic
     seconds: float
 
 
