@@ -5,6 +5,7 @@ from mona_core.report.figures import (
     class_colour,
     save_loss_curve_png,
     save_overlay_png,
+    save_slice_png,
     select_slices,
     write_png_atomic,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "class_colour",
     "save_loss_curve_png",
     "save_overlay_png",
+    "save_slice_png",
     "select_slices",
     "write_png_atomic",
 ]

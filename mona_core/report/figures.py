@@ -246,6 +246,38 @@ def save_overlay_png(
     return write_png_atomic(fig, path)
 
 
+def save_slice_png(
+    image: np.ndarray,
+    prediction: np.ndarray,
+    z: int,
+    path: str | Path,
+    label: np.ndarray | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+) -> Path:
+    """One slice ``z`` of a volume side by side: the prediction's outlines and, with a label, the label's outlines
+    and the error map, titled with the slice's DSC (the frames of the console's slice viewer)."""
+    volume, rows = _overlay_rows(image, prediction, label)
+    if not 0 <= z < volume.shape[0]:
+        raise ValueError(f"expected a slice index in 0..{volume.shape[0] - 1}, got {z}")
+    predicted, truth = rows[0][1][z], (rows[1][1][z] if len(rows) > 1 else None)
+    panels = 1 if truth is None else 3
+    fig = Figure(figsize=(PANEL_INCHES * panels, PANEL_INCHES + TITLE_INCHES + 0.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    shown = _normalise(volume)[z]
+    note = "" if np.any(predicted > 0) else "no prediction"
+    if truth is None:
+        _draw_panel(axes[0], shown, [_contours_rgba(predicted)], f"prediction, z={z}", note)
+    else:
+        dice = slice_dice(predicted, truth)
+        score = "DSC n/a (empty)" if dice is None else f"DSC {100 * dice:.1f}"
+        _draw_panel(axes[0], shown, [_contours_rgba(predicted)], f"prediction, z={z}, {score}", note)
+        _draw_panel(axes[1], shown, [_contours_rgba(truth)], f"label, z={z}")
+        _draw_panel(axes[2], shown, [error_map_rgba(predicted, truth)], f"errors, z={z}")
+    handles = _legend_handles(class_names, [m for _, m in rows])
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return write_png_atomic(fig, path)
+
+
 def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of the rows that have a finite ``key``; a row without "step" uses its index."""
     steps: list[float] = []

@@ -45,6 +45,8 @@ KEY_COLUMNS: tuple[InstrumentedAttribute[str] | InstrumentedAttribute[str | None
     Model.manifest_key,
     Segmentation.mask_key,
     Segmentation.overlay_key,
+    Segmentation.viewer_image_key,
+    Segmentation.viewer_label_key,
 )
 """Columns holding object keys; report overlays and study figures hold theirs inside JSON."""
 
@@ -146,7 +148,7 @@ def delete_segmentations(session: Session, segmentations: Iterable[Segmentation]
     removal = Removal()
     rows = list(segmentations)
     for row in rows:
-        removal.objects |= _keys(row.mask_key, row.overlay_key)
+        removal.objects |= _keys(row.mask_key, row.overlay_key, row.viewer_image_key, row.viewer_label_key)
     report_ids = {row.report_id for row in rows if row.report_id}
     if rows:
         session.execute(delete(Segmentation).where(Segmentation.id.in_([row.id for row in rows])))

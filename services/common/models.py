@@ -181,6 +181,9 @@ class Segmentation(Base):
     mask_key: Mapped[str] = mapped_column(String(120))
     overlay_key: Mapped[str | None] = mapped_column(String(120), default=None)
     report_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    viewer_image_key: Mapped[str | None] = mapped_column(String(120), default=None)
+    """The scan (as NIfTI) kept for the console's slice viewer; only segmentations made in the console keep it."""
+    viewer_label_key: Mapped[str | None] = mapped_column(String(120), default=None)
     geometry: Mapped[dict[str, Any]] = mapped_column()
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -113,3 +113,15 @@ def test_sign_in_watch_a_job_and_segment(
     scores = driver.find_element(By.ID, "scores").text  # type: ignore[attr-defined]
     assert all(name in scores for name in ("RV", "Myo", "LV"))
     _shot(driver, "3-segmentation")
+
+    slice_width = "const i = document.getElementById('slice-image'); return i && i.complete ? i.naturalWidth : 0"
+    wait.until(lambda d: (d.execute_script(slice_width) or 0) > 0)
+    first = driver.execute_script("return document.getElementById('slice-image').src")  # type: ignore[attr-defined]
+    driver.execute_script(  # type: ignore[attr-defined]
+        "const s = document.getElementById('slice'); s.value = 2; s.dispatchEvent(new Event('input'));"
+    )
+    wait.until(lambda d: d.execute_script("return document.getElementById('slice-image').src") != first)
+    wait.until(lambda d: (d.execute_script(slice_width) or 0) > 0)
+    assert driver.find_element(By.ID, "slice-number").text == "2"  # type: ignore[attr-defined]
+    assert driver.execute_script("return document.getElementById('slice-image').src").endswith("/2.png")  # type: ignore[attr-defined]
+    _shot(driver, "4-slice-viewer")

@@ -13,7 +13,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
+from mona_core.io import Volume, read_image, read_label, write_volume
+from mona_core.report import save_slice_png
 from services.api.deps import SessionDep, SettingsDep, StoreDep
 from services.api.routes.datasets import _publics
 from services.api.routes.models import _read_upload, _receive
@@ -23,9 +26,10 @@ from services.api.schemas.datasets import CasePublic
 from services.api.schemas.jobs import JobPublic
 from services.api.schemas.models import ModelPublic
 from services.api.scope import get_or_404, paged, visible
-from services.api.segmentation import case_id_from, segment_upload
+from services.api.segmentation import Upload, case_id_from, nifti_suffix, segment_upload
 from services.common.auth import Principal, find_key
 from services.common.models import Case, Dataset, Model, Report, Segmentation, TrainingJob
+from services.common.storage import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +164,47 @@ def segment_page(
             uploads = (image_upload, label_upload)
             case_id = case_id_from(image.filename)
             row = segment_upload(session, store, model, uploads, case_id, settings.max_voxels, volume=scan.volume)
+            _keep_for_viewer(store, row, scan.volume, label_upload)
     finally:
         store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
     session.commit()
     report = _report(request, session, row)
     return _page(request, "segmented.html", principal, row=row, report=report)
+
+
+def _keep_for_viewer(store: ArtifactStore, row: Segmentation, volume: Volume, label: Upload | None) -> None:
+    """Keep the scan (as NIfTI, whatever it came as) and the label in the store for the slice viewer."""
+    row.viewer_image_key = store.put(write_volume(volume, store.staging_file(".nii.gz")), ".nii.gz").key
+    if label is not None:
+        row.viewer_label_key = store.copy_in(label.path, nifti_suffix(label.path.name)).key
+
+
+@router.get("/segmentations/{segmentation_id}/slices/{z}.png", name="ui_segmentation_slice")
+def segmentation_slice(
+    segmentation_id: str, z: int, session: SessionDep, store: StoreDep, principal: ConsoleDep
+) -> FileResponse:
+    """One slice of a console segmentation: prediction and label outlines, error map, the slice's DSC."""
+    row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
+    if row.viewer_image_key is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"expected a segmentation made in the console, got {row.id}")
+    model = session.get_one(Model, row.model_id)
+    image = read_image(store.path(row.viewer_image_key))
+    mask = read_label(store.path(row.mask_key))
+    label = read_label(store.path(row.viewer_label_key)) if row.viewer_label_key else None
+    target = store.staging_file(".png")
+    try:
+        save_slice_png(
+            image.array,
+            mask.array,
+            z,
+            target,
+            label=label.array if label is not None else None,
+            class_names=[str(name) for name in model.classes],
+        )
+    except ValueError as exc:
+        store.discard(target)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    return FileResponse(target, media_type="image/png", background=BackgroundTask(store.discard, target))
 
 
 def _report(request: Request, session: Session, row: Segmentation) -> Any:

@@ -1,3 +1,15 @@
+// Slice viewer: a range input picks the slice; the server draws it (outlines, error map, the slice's DSC).
+(function () {
+  const viewer = document.getElementById("viewer");
+  if (!viewer) { return; }
+  const slider = document.getElementById("slice");
+  const image = document.getElementById("slice-image");
+  slider.addEventListener("input", function () {
+    document.getElementById("slice-number").textContent = slider.value;
+    image.src = viewer.dataset.base + slider.value + ".png";
+  });
+})();
+
 // Live job progress: poll the job's JSON every 2 s, update the bar and fields, refresh the loss curve.
 (function () {
   const panel = document.getElementById("job-live");
