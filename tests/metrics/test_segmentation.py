@@ -207,3 +207,22 @@ def test_dice_only_mode_skips_surface_distances() -> None:
     assert metrics.status == "ok"
     assert metrics.dice == pytest.approx(2 * 4 / (4 + 8))
     assert metrics.asd is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cropping_to_the_union_changes_neither_dsc_nor_asd(seed: int) -> None:
+    from medpy.metric.binary import assd, dc
+
+    from mona_core.metrics.segmentation import crop_to_union
+
+    rng = np.random.default_rng(seed)
+    shape = (6, 40, 48)
+    first, second = np.zeros(shape, bool), np.zeros(shape, bool)
+    for mask in (first, second):
+        z, y, x = rng.integers(0, 3), rng.integers(0, 30), rng.integers(0, 38)  # blobs may touch the array's edge
+        mask[z : z + rng.integers(1, 4), y : y + rng.integers(2, 11), x : x + rng.integers(2, 11)] = True
+    cropped = crop_to_union(first, second)
+    assert cropped[0].size < first.size
+    spacing = (7.0, 1.25, 1.5)
+    assert dc(*cropped) == dc(first, second)
+    assert assd(*cropped, voxelspacing=spacing) == pytest.approx(assd(first, second, voxelspacing=spacing), abs=1e-12)
