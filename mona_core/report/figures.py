@@ -25,6 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from mona_core.report.raster import Panel, render_grid
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "RV", "Myo", "LV")
@@ -44,6 +46,7 @@ _PALETTE: tuple[tuple[float, float, float], ...] = (
 )
 FALSE_POSITIVE = (0.84, 0.37, 0.00)  # vermillion: predicted, not in the label
 FALSE_NEGATIVE = (0.00, 0.45, 0.70)  # blue: in the label, not predicted
+Colour = tuple[float, float, float]
 FILE_MODE = 0o644
 """Pictures are for people and other services to read: world-readable, like any published report."""
 LINE_STYLES = ("-", "--", "-.", ":")
@@ -193,6 +196,33 @@ def _overlay_rows(
     return volume, rows
 
 
+def _legend_items(class_names: Sequence[str], masks: Sequence[np.ndarray], errors: bool) -> list[tuple[str, Colour]]:
+    handles = _legend_handles(class_names, masks)
+    items = [(str(handle.get_label()), class_colour(number)) for number, handle in enumerate(handles, start=1)]
+    if errors:
+        items += [
+            ("false positive (predicted, not labelled)", FALSE_POSITIVE),
+            ("false negative (labelled, missed or another class)", FALSE_NEGATIVE),
+        ]
+    return items
+
+
+def _slice_panels(
+    shown: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None, z: int, empty_volume: bool
+) -> list[Panel]:
+    """The panels of one slice: the prediction's outlines and, with a label, the label's outlines and the errors."""
+    note = "no prediction in the volume" if empty_volume else ("" if np.any(predicted > 0) else "no prediction")
+    if truth is None:
+        return [Panel(shown, [_contours_rgba(predicted)], f"prediction, z={z}", note)]
+    dice = slice_dice(predicted, truth)
+    score = "DSC n/a (empty)" if dice is None else f"DSC {100 * dice:.1f}"
+    return [
+        Panel(shown, [_contours_rgba(predicted)], f"prediction, z={z}, {score}", note),
+        Panel(shown, [_contours_rgba(truth)], f"label, z={z}"),
+        Panel(shown, [error_map_rgba(predicted, truth)], f"errors, z={z}"),
+    ]
+
+
 def save_overlay_png(
     image: np.ndarray,
     prediction: np.ndarray,
@@ -208,7 +238,7 @@ def save_overlay_png(
     row 1 the prediction's outlines, row 2 the label's, row 3 an error map (false positives and false negatives in
     their own colours); each column's title carries that slice's DSC (mean over the classes on the slice). A slice
     (or a volume) with no predicted foreground says "no prediction" instead of looking merely empty. Colours are
-    Okabe & Ito's colour-blind-safe palette.
+    Okabe & Ito's colour-blind-safe palette. Painted directly into pixels (``raster``): tens of milliseconds.
 
     ``image`` is ``(z, y, x)`` float, ``prediction``/``label`` class-index ``(z, y, x)``. The slices shown
     are the ``max_slices`` with the most foreground in the label (or, without a label, in the prediction).
@@ -216,34 +246,14 @@ def save_overlay_png(
     volume, rows = _overlay_rows(image, prediction, label)
     predicted, truth = rows[0][1], (rows[1][1] if len(rows) > 1 else None)
     slices = select_slices(truth if truth is not None else predicted, max_slices)
-    n_rows = 1 if truth is None else 3
-    height = (PANEL_INCHES + TITLE_INCHES) * n_rows + LEGEND_INCHES
-    fig = Figure(figsize=(PANEL_INCHES * len(slices), height), dpi=DPI, layout="constrained")
-    axes = fig.subplots(n_rows, len(slices), squeeze=False)
     shown = _normalise(volume)
     empty_volume = not bool(np.any(predicted > 0))
-    for c, z in enumerate(slices):
-        note = "no prediction" if not np.any(predicted[z] > 0) else ""
-        if empty_volume:
-            note = "no prediction in the volume"
-        if truth is None:
-            _draw_panel(axes[0][c], shown[z], [_contours_rgba(predicted[z])], f"prediction, z={z}", note)
-            continue
-        dice = slice_dice(predicted[z], truth[z])
-        score = "DSC n/a (empty)" if dice is None else f"DSC {100 * dice:.1f}"
-        _draw_panel(axes[0][c], shown[z], [_contours_rgba(predicted[z])], f"prediction, z={z}, {score}", note)
-        _draw_panel(axes[1][c], shown[z], [_contours_rgba(truth[z])], f"label, z={z}")
-        _draw_panel(axes[2][c], shown[z], [error_map_rgba(predicted[z], truth[z])], f"errors, z={z}")
-    handles = _legend_handles(class_names, [m for _, m in rows])
-    if truth is not None:
-        handles += [
-            Patch(color=FALSE_POSITIVE, label="false positive (predicted, not labelled)"),
-            Patch(color=FALSE_NEGATIVE, label="false negative (labelled, missed or another class)"),
-        ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
-    if title:
-        fig.suptitle(title)
-    return write_png_atomic(fig, path)
+    columns = [
+        _slice_panels(shown[z], predicted[z], truth[z] if truth is not None else None, z, empty_volume) for z in slices
+    ]
+    grid = [[column[r] for column in columns] for r in range(len(columns[0]))]
+    legend = _legend_items(class_names, [m for _, m in rows], errors=truth is not None)
+    return render_grid(grid, path, legend, title)
 
 
 def save_slice_png(
@@ -259,23 +269,11 @@ def save_slice_png(
     volume, rows = _overlay_rows(image, prediction, label)
     if not 0 <= z < volume.shape[0]:
         raise ValueError(f"expected a slice index in 0..{volume.shape[0] - 1}, got {z}")
-    predicted, truth = rows[0][1][z], (rows[1][1][z] if len(rows) > 1 else None)
-    panels = 1 if truth is None else 3
-    fig = Figure(figsize=(PANEL_INCHES * panels, PANEL_INCHES + TITLE_INCHES + 0.5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    predicted, truth = rows[0][1], (rows[1][1] if len(rows) > 1 else None)
     shown = _normalise(volume)[z]
-    note = "" if np.any(predicted > 0) else "no prediction"
-    if truth is None:
-        _draw_panel(axes[0], shown, [_contours_rgba(predicted)], f"prediction, z={z}", note)
-    else:
-        dice = slice_dice(predicted, truth)
-        score = "DSC n/a (empty)" if dice is None else f"DSC {100 * dice:.1f}"
-        _draw_panel(axes[0], shown, [_contours_rgba(predicted)], f"prediction, z={z}, {score}", note)
-        _draw_panel(axes[1], shown, [_contours_rgba(truth)], f"label, z={z}")
-        _draw_panel(axes[2], shown, [error_map_rgba(predicted, truth)], f"errors, z={z}")
-    handles = _legend_handles(class_names, [m for _, m in rows])
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
-    return write_png_atomic(fig, path)
+    panels = _slice_panels(shown, predicted[z], truth[z] if truth is not None else None, z, False)
+    legend = _legend_items(class_names, [m for _, m in rows], errors=truth is not None)
+    return render_grid([panels], path, legend)
 
 
 def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:

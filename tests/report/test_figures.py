@@ -22,12 +22,13 @@ from mona_core.report.figures import (
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png(path: Path, height: int, width: int) -> None:
-    """A complete RGBA PNG of the given pixel size, and no temporary file left beside it."""
+def _check_png(path: Path, height: int, width: int, channels: int = 4) -> None:
+    """A complete PNG of the given pixel size (RGBA from matplotlib, RGB from the raster painter), and no temporary
+    file left beside it."""
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert 2_000 < len(data) < 5_000_000
-    assert imread(path).shape == (height, width, 4)
+    assert imread(path).shape == (height, width, channels)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
@@ -46,7 +47,8 @@ def test_overlay_with_label(tmp_path: Path) -> None:
     image, prediction, label = _volumes()
     out = save_overlay_png(image, prediction, tmp_path / "overlay.png", label=label, title="case 1")
     assert out == tmp_path / "overlay.png"
-    _check_png(out, height=1070, width=1200)  # 3 rows of 3.3 in + legend 0.8 in; 4 slices x 3 in; 100 dpi
+    # 24x24 slices enlarged 11x to 264 px; 4 columns of 264 + 8 gaps; title 26 + 3 rows of (20 + 264 + 8) + legend
+    _check_png(out, height=26 + 3 * 292 + 26 + 8, width=8 + 4 * 272, channels=3)
     assert out.stat().st_mode & 0o777 == 0o644, "pictures are world-readable"
 
 
@@ -54,12 +56,12 @@ def test_overlay_without_foreground_or_label(tmp_path: Path) -> None:
     image, _, _ = _volumes()
     empty = np.zeros(image.shape, dtype=np.uint8)
     out = save_overlay_png(image, empty, tmp_path / "sub" / "empty.png", max_slices=2)
-    _check_png(out, height=410, width=600)
+    _check_png(out, height=292 + 26 + 8, width=8 + 2 * 272, channels=3)
 
 
 def test_overlay_accepts_a_2d_slice_and_rejects_mismatched_shapes(tmp_path: Path) -> None:
     image, prediction, _ = _volumes()
-    _check_png(save_overlay_png(image[3], prediction[3], tmp_path / "slice.png"), height=410, width=300)
+    _check_png(save_overlay_png(image[3], prediction[3], tmp_path / "slice.png"), height=326, width=280, channels=3)
     with pytest.raises(ValueError, match=r"expected prediction of the image's shape \(6, 24, 24\), got"):
         save_overlay_png(image, prediction[:, :10], tmp_path / "bad.png")
 
@@ -108,3 +110,14 @@ def test_outlines_error_map_and_slice_dice() -> None:
     assert slice_dice(prediction, label) == 0.5
     assert slice_dice(np.zeros_like(label), np.zeros_like(label)) is None
     assert slice_dice(np.zeros_like(label), label) == 0.0
+
+
+def test_an_empty_prediction_is_said_so() -> None:
+    from mona_core.report.figures import _slice_panels
+
+    shown = np.zeros((8, 8))
+    empty, truth = np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8)
+    panels = _slice_panels(shown, empty, truth, 0, empty_volume=True)
+    assert panels[0].note == "no prediction in the volume" and "DSC 0.0" in panels[0].title
+    assert _slice_panels(shown, empty, truth, 0, empty_volume=False)[0].note == "no prediction"
+    assert _slice_panels(shown, truth, truth, 0, empty_volume=False)[0].note == ""
