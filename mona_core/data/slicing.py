@@ -37,27 +37,37 @@ def resize_slices(array: np.ndarray, height: int, width: int, order: int) -> np.
     return np.asarray(out, dtype=array.dtype)
 
 
-def linear_weights(out_size: int, in_size: int) -> np.ndarray:
-    """The ``(out_size, in_size)`` float32 matrix of 1D linear interpolation in ``resize_slices``' convention (pixel
-    edges aligned, edge values held): ``weights @ values`` resizes like ``scipy.ndimage.zoom(order=1)``."""
+def linear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1D linear interpolation in ``resize_slices``' convention (pixel edges aligned, edge values held), as the two
+    input indices of each output sample and the weight of the second: ``(low, high, frac)``."""
     x = np.clip((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0, in_size - 1)
     low = np.floor(x).astype(np.int64)
-    frac = (x - low).astype(np.float32)
+    return low, np.minimum(low + 1, in_size - 1), (x - low).astype(np.float32)
+
+
+def linear_weights(out_size: int, in_size: int) -> np.ndarray:
+    """The ``(out_size, in_size)`` float32 matrix of ``linear_taps``: ``weights @ values`` resizes like
+    ``scipy.ndimage.zoom(order=1)``."""
+    low, high, frac = linear_taps(out_size, in_size)
     weights = np.zeros((out_size, in_size), dtype=np.float32)
     rows = np.arange(out_size)
     np.add.at(weights, (rows, low), 1.0 - frac)
-    np.add.at(weights, (rows, np.minimum(low + 1, in_size - 1)), frac)
+    np.add.at(weights, (rows, high), frac)
     return weights
 
 
 def resize_planes_linear(planes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize float planes ``(M, h, w)`` to ``(M, height, width)`` linearly, as ``resize_slices(order=1)`` does
-    (equal to ~1e-7), with two batched matrix products: several times faster than ``zoom`` on network outputs."""
+    (equal to ~1e-7): two taps per output sample along each axis (gathers and a weighted sum), so the cost grows
+    with the output's size only, not with the product of the input's and the output's."""
     if planes.ndim != 3:
         raise ValueError(f"expected planes of shape (M, h, w), got {planes.shape}")
-    rows = linear_weights(height, planes.shape[1])
-    cols = linear_weights(width, planes.shape[2])
-    resized: np.ndarray = rows @ planes.astype(np.float32, copy=False) @ cols.T
+    values = planes.astype(np.float32, copy=False)
+    low, high, frac = linear_taps(height, values.shape[1])
+    weight = frac[None, :, None]
+    along_rows = values[:, low, :] * (1.0 - weight) + values[:, high, :] * weight
+    low, high, frac = linear_taps(width, values.shape[2])
+    resized: np.ndarray = along_rows[:, :, low] * (1.0 - frac) + along_rows[:, :, high] * frac
     return resized
 
 
