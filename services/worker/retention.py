@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, or_, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from services.common.deletion import sweep_orphans
-from services.common.models import Case, JobStatus, Segmentation, TrainingJob, utcnow
+from services.common.deletion import delete_segmentations, sweep_orphans, unreferenced_objects
+from services.common.models import JobStatus, Segmentation, TrainingJob, utcnow
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore, StorageError
 
@@ -78,22 +78,14 @@ def _expired_run_dirs(session: Session, store: ArtifactStore, cutoff: datetime) 
 
 
 def _expired_segmentations(session: Session, store: ArtifactStore, cutoff: datetime) -> tuple[int, list[Path]]:
-    """Delete ad-hoc segmentations made before ``cutoff``; (count, their masks that no other row uses)."""
-    query = select(Segmentation).where(Segmentation.report_id.is_(None), Segmentation.created_at < cutoff)
-    expired = list(session.scalars(query))
+    """Delete ad-hoc segmentations made before ``cutoff`` (no report, not a case of a batch); (count, their files
+    that no other row uses), through the same deletion as ``DELETE /v1/segmentations/{id}``."""
+    ad_hoc = (Segmentation.report_id.is_(None), Segmentation.batch_id.is_(None), Segmentation.created_at < cutoff)
+    expired = list(session.scalars(select(Segmentation).where(*ad_hoc)))
     if not expired:
         return 0, []
-    session.execute(delete(Segmentation).where(Segmentation.id.in_([row.id for row in expired])))
-    unused = []
-    for key in sorted({row.mask_key for row in expired}):
-        used = (
-            select(Segmentation.id)
-            .where(Segmentation.mask_key == key)
-            .union_all(select(Case.id).where(or_(Case.image_key == key, Case.label_key == key)))
-        )
-        if session.execute(used.limit(1)).first() is None:
-            unused.append(store.path(key))
-    return len(expired), unused
+    unused = unreferenced_objects(session, delete_segmentations(session, expired))
+    return len(expired), [store.path(key) for key in sorted(unused)]
 
 
 def _unlink(paths: list[Path]) -> int:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from services.api.main import create_app
 from services.common.db import session_scope
-from services.common.models import Model, Segmentation, utcnow
+from services.common.models import Model, Report, Segmentation, utcnow
 from services.common.settings import Settings
 from services.common.storage import ArtifactStore
 from services.worker.recovery import RecoveryLoop
@@ -122,3 +122,32 @@ def test_retention_removes_old_failed_runs_and_ad_hoc_masks_only(
     with session_scope(settings.sqlalchemy_url) as session:
         assert session.get(Segmentation, gone) is None and session.get(Segmentation, old_shared) is None
         assert session.get(Segmentation, with_report) is not None
+
+
+def test_retention_keeps_the_cases_of_a_batch_segmentation(service_settings: Settings, tmp_path: Path) -> None:
+    """A batch's per-case rows have no report of their own (the batch is the report): they are not ad hoc."""
+    settings, store = service_settings, ArtifactStore(service_settings.artifact_root)
+    job_id, _ = _job(settings, make_dataset(settings, tmp_path, patients=2, frames=1), "succeeded", OLD)
+    model_id = _model(settings, job_id)
+    mask = store.put_bytes(os.urandom(1 << 12), ".nii.gz").key
+    with session_scope(settings.sqlalchemy_url) as session:
+        batch = Report(source="batch", model_id=model_id, status="succeeded")
+        session.add(batch)
+        session.flush()
+        row = Segmentation(
+            model_id=model_id,
+            batch_id=batch.id,
+            case_id="c1",
+            input_sha256="0" * 64,
+            mask_key=mask,
+            geometry={},
+            seconds=0.1,
+            created_at=OLD,
+        )
+        session.add(row)
+        session.flush()
+        row_id = row.id
+    RecoveryLoop(settings).run_once()
+    with session_scope(settings.sqlalchemy_url) as session:
+        assert session.get(Segmentation, row_id) is not None
+    assert store.path(mask).exists()
