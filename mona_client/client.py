@@ -235,7 +235,7 @@ class Client:
         return history
 
     def loss_curve(self, job_id: str, out: str | Path) -> Path:
-        return self._download(f"/v1/jobs/{job_id}/loss_curve.png", out)
+        return self.download(f"/v1/jobs/{job_id}/loss_curve.png", out)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0, progress: bool = True) -> Body:
         """Poll the job until it ends; a progress bar (stage, iteration, ETA) on stderr unless ``progress`` is
@@ -274,7 +274,7 @@ class Client:
         )
         summary: Body = _json(response)
         if out is not None:
-            self._download(summary["mask_url"], out)
+            self.download(summary["mask_url"], out)
         return summary
 
     def segment_batch(
@@ -309,7 +309,7 @@ class Client:
         return batch
 
     def download_masks(self, segmentation_id: str, out: str | Path) -> Path:
-        return self._download(f"/v1/segmentations/{segmentation_id}/masks.zip", out)
+        return self.download(f"/v1/segmentations/{segmentation_id}/masks.zip", out)
 
     def evaluate(self, model_id: str, dataset_id: str, split: str = "val") -> Body:
         body = {"dataset_id": dataset_id, "split": split}
@@ -326,9 +326,6 @@ class Client:
 
     def download(self, path: str, out: str | Path) -> Path:
         """Save what a GET of ``path`` answers (a mask, an overlay, a plot: the ``*_url`` fields) to ``out``."""
-        return self._download(path, out)
-
-    def _download(self, path: str, out: str | Path) -> Path:
         response = self.request("GET", path, headers={"Accept": "*/*"})
         _raise_for(response)
         target = Path(out)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
-from mona_core.report.raster import Panel, render_grid
+from mona_core.report.raster import Panel, render_grid, write_atomically
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "RV", "Myo", "LV")
 OVERLAY_ALPHA = 0.45
-PANEL_INCHES = 3.0
-TITLE_INCHES = 0.3
-LEGEND_INCHES = 0.8
 DPI = 100
 _PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.62, 0.00),  # orange            (Okabe & Ito's colour-blind-safe palette)
@@ -47,8 +41,6 @@ _PALETTE: tuple[tuple[float, float, float], ...] = (
 FALSE_POSITIVE = (0.84, 0.37, 0.00)  # vermillion: predicted, not in the label
 FALSE_NEGATIVE = (0.00, 0.45, 0.70)  # blue: in the label, not predicted
 Colour = tuple[float, float, float]
-FILE_MODE = 0o644
-"""Pictures are for people and other services to read: world-readable, like any published report."""
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -137,47 +129,16 @@ def slice_dice(prediction: np.ndarray, label: np.ndarray) -> float | None:
     return float(np.mean(scores)) if scores else None
 
 
-def _draw_panel(ax: Axes, image_slice: np.ndarray, layers: Sequence[np.ndarray], title: str, note: str = "") -> None:
-    ax.imshow(image_slice, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    for layer in layers:
-        ax.imshow(layer, interpolation="nearest")
-    if note:
-        ax.text(
-            0.5,
-            0.5,
-            note,
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="white",
-            fontsize=10,
-            bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"},
-        )
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-
-
-def _legend_handles(class_names: Sequence[str], masks: Sequence[np.ndarray]) -> list[Patch]:
-    """One patch per named foreground class, plus any unnamed class index present in the masks."""
+def _legend_names(class_names: Sequence[str], masks: Sequence[np.ndarray]) -> list[str]:
+    """One name per foreground class index: the named ones, plus any unnamed index present in the masks."""
     highest = max([len(class_names) - 1, *(int(m.max(initial=0)) for m in masks)])
-    names = [class_names[i] if i < len(class_names) else f"class {i}" for i in range(1, highest + 1)]
-    return [Patch(color=class_colour(i), alpha=OVERLAY_ALPHA + 0.2, label=n) for i, n in enumerate(names, start=1)]
+    return [class_names[i] if i < len(class_names) else f"class {i}" for i in range(1, highest + 1)]
 
 
 def write_png_atomic(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` to ``path`` through a temporary file in the same folder, then replace atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-        tmp.chmod(FILE_MODE)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    target = write_atomically(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     logger.debug("wrote %s", target)
     return target
 
@@ -197,8 +158,8 @@ def _overlay_rows(
 
 
 def _legend_items(class_names: Sequence[str], masks: Sequence[np.ndarray], errors: bool) -> list[tuple[str, Colour]]:
-    handles = _legend_handles(class_names, masks)
-    items = [(str(handle.get_label()), class_colour(number)) for number, handle in enumerate(handles, start=1)]
+    names = _legend_names(class_names, masks)
+    items = [(name, class_colour(number)) for number, name in enumerate(names, start=1)]
     if errors:
         items += [
             ("false positive (predicted, not labelled)", FALSE_POSITIVE),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -27,6 +28,8 @@ SUPTITLE_PX = 26
 LEGEND_PX = 26
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
+FILE_MODE = 0o644
+"""Pictures are for people and other services to read: world-readable, like any published report."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def render_grid(
     title: str | None = None,
 ) -> Path:
     """Paint ``rows`` of panels (titles above, notes across) with a legend band and an optional title; write the
-    PNG atomically (temporary file, then replace) with mode 0644."""
+    PNG atomically (``write_atomically``)."""
     tiles = [[compose(panel) for panel in row] for row in rows]
     cell_h = max(tile.shape[0] for row in tiles for tile in row)
     cell_w = max(tile.shape[1] for row in tiles for tile in row)
@@ -103,7 +106,7 @@ def render_grid(
             if panel.note:
                 _note(draw, (x, y + TITLE_PX, x + tile.shape[1], y + TITLE_PX + tile.shape[0]), panel.note)
     _legend(draw, (0, height - LEGEND_PX - GAP // 2, width, height - GAP // 2), legend)
-    return _write(canvas, Path(path))
+    return write_atomically(Path(path), lambda handle: canvas.save(handle, format="PNG", compress_level=3))
 
 
 def _legend(
@@ -120,14 +123,16 @@ def _legend(
         x += width
 
 
-def _write(canvas: Image.Image, target: Path) -> Path:
+def write_atomically(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a file through a temporary one in the same folder (``write`` fills it), mode 0644, then replace the
+    target atomically: a reader never sees half a picture."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            canvas.save(handle, format="PNG", compress_level=3)
-        tmp.chmod(0o644)
+            write(handle)
+        tmp.chmod(FILE_MODE)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

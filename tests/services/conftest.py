@@ -171,6 +171,20 @@ def worker(service_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess
     process.stop()
 
 
+@pytest.fixture()
+def live_api_url(isolated_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """The API under uvicorn on a free port and one real worker, on the test's own database; yields its base URL."""
+    from services.embedded import free_port, running_api
+
+    worker = WorkerProcess(isolated_settings, tmp_path / "worker.log").start()
+    port = free_port("127.0.0.1")
+    try:
+        with running_api(isolated_settings, "127.0.0.1", port):
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        worker.stop()
+
+
 def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str = "condition") -> None:
     """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass (then fail with ``what``)."""
     deadline = time.monotonic() + timeout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,14 @@ from starlette.routing import Route
 from mona_client import ApiError, AsyncClient, Client, JobFailed
 from mona_core.data.phantoms import PHANTOM_CLASSES, write_phantom_case, write_phantom_dataset
 from mona_core.io import read_image, read_label
-from services.common.settings import Settings
-from services.embedded import free_port, running_api
-from tests.services.conftest import API_KEY, WorkerProcess
+from services.embedded import free_port
+from tests.services.conftest import API_KEY
 from tests.services.test_end_to_end import SHAPE, TINY
 
 
-@pytest.fixture()
-def base_url(isolated_settings: Settings, tmp_path: Path) -> Iterator[str]:
-    worker = WorkerProcess(isolated_settings, tmp_path / "worker.log").start()
-    port = free_port("127.0.0.1")
-    try:
-        with running_api(isolated_settings, "127.0.0.1", port):
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        worker.stop()
-
-
-def test_the_client_runs_the_whole_flow(base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_client_runs_the_whole_flow(live_api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_phantom_dataset(tmp_path / "phantoms", n_patients=4, frames=1, seed=0, val_patients=1, shape=SHAPE)
-    with Client(base_url, API_KEY) as mona:
+    with Client(live_api_url, API_KEY) as mona:
         assert mona.me()["admin"] is True
         dataset = mona.create_dataset("client", list(PHANTOM_CLASSES))
         for image in sorted((data / "imagesTr").glob("*.nii.gz")):
@@ -76,9 +63,9 @@ def test_the_client_runs_the_whole_flow(base_url: str, tmp_path: Path, capsys: p
             mona.segmentation(summary["id"])
 
 
-def test_the_async_client(base_url: str) -> None:
+def test_the_async_client(live_api_url: str) -> None:
     async def scenario() -> tuple[dict[str, object], int]:
-        async with AsyncClient(base_url, API_KEY) as mona:
+        async with AsyncClient(live_api_url, API_KEY) as mona:
             me = await mona.me()
             page = await mona.get("/v1/jobs", limit=1)
             return me, int(page["limit"])

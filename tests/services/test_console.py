@@ -14,9 +14,7 @@ import pytest
 
 from mona_client import Client
 from mona_core.data.phantoms import PHANTOM_CLASSES, write_phantom_case, write_phantom_dataset
-from services.common.settings import Settings
-from services.embedded import free_port, running_api
-from tests.services.conftest import API_KEY, REPO, WorkerProcess
+from tests.services.conftest import API_KEY, REPO
 from tests.services.test_end_to_end import SHAPE, TINY
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -27,17 +25,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver not installed")
 ARTIFACTS = Path(os.environ.get("MONA_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
-
-
-@pytest.fixture()
-def base_url(isolated_settings: Settings, tmp_path: Path) -> Iterator[str]:
-    worker = WorkerProcess(isolated_settings, tmp_path / "worker.log").start()
-    port = free_port("127.0.0.1")
-    try:
-        with running_api(isolated_settings, "127.0.0.1", port):
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        worker.stop()
 
 
 @pytest.fixture()
@@ -59,19 +46,19 @@ def _shot(driver: object, name: str) -> None:
 
 
 def test_sign_in_watch_a_job_and_segment(
-    base_url: str, browser: object, tmp_path: Path, record_property: pytest.RecordProperty
+    live_api_url: str, browser: object, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
     driver: object = browser
     wait = WebDriverWait(driver, 240)
     data = write_phantom_dataset(tmp_path / "phantoms", n_patients=4, frames=1, seed=0, val_patients=1, shape=SHAPE)
-    with Client(base_url, API_KEY) as mona:
+    with Client(live_api_url, API_KEY) as mona:
         dataset = mona.create_dataset("console phantoms", list(PHANTOM_CLASSES))
         for image in sorted((data / "imagesTr").glob("*.nii.gz")):
             case_id = image.name.removesuffix("_0000.nii.gz")
             split = "val" if case_id.startswith("patient004") else "train"
             mona.upload_case(dataset["id"], image, data / "labelsTr" / f"{case_id}.nii.gz", split=split)
 
-    driver.get(f"{base_url}/ui/")  # type: ignore[attr-defined]
+    driver.get(f"{live_api_url}/ui/")  # type: ignore[attr-defined]
     assert "/ui/login" in driver.current_url, "without a key the console asks for one"  # type: ignore[attr-defined]
     key_field = driver.find_element(By.ID, "api_key")  # type: ignore[attr-defined]
     key_field.send_keys("not-a-key")
@@ -88,11 +75,11 @@ def test_sign_in_watch_a_job_and_segment(
     record_property("console: index page load (ms)", round(float(timing), 1))
     _shot(driver, "1-index")
 
-    with Client(base_url, API_KEY) as mona:
+    with Client(live_api_url, API_KEY) as mona:
         job = mona.create_job(
             "supervised", dataset["id"], {**TINY, "iterations": 30}, labelled_patients=2, device="cpu"
         )
-    driver.get(f"{base_url}/ui/jobs/{job['id']}")  # type: ignore[attr-defined]
+    driver.get(f"{live_api_url}/ui/jobs/{job['id']}")  # type: ignore[attr-defined]
     wait.until(lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
     assert driver.find_element(By.ID, "job-iteration").text == "30 / 30"  # type: ignore[attr-defined]
     curve_width = "const i = document.getElementById('loss-curve'); return i ? i.naturalWidth : 0"

@@ -18,25 +18,17 @@ from mona_core.io import read_image, read_label
 from services.common.db import session_scope
 from services.common.models import Report, ReportEntry
 from services.common.settings import Settings
-from services.embedded import free_port, running_api
-from tests.services.conftest import API_KEY, WorkerProcess, wait_for
+from tests.services.conftest import API_KEY, wait_for
 
 SHAPE = (6, 64, 72)
 TINY = {"iterations": 6, "size": 32, "batch_size": 2, "val_every": 3, "checkpoint_every": 3, "log_every": 1}
 
 
 @pytest.fixture()
-def live(isolated_settings: Settings, tmp_path: Path) -> Iterator[httpx.Client]:
-    """The API under uvicorn on a free port and one real worker, sharing the test's database and broker."""
-    worker = WorkerProcess(isolated_settings, tmp_path / "worker.log").start()
-    port = free_port("127.0.0.1")
-    try:
-        with running_api(isolated_settings, "127.0.0.1", port):
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, headers={"X-API-Key": API_KEY}, timeout=120) as client:
-                yield client
-    finally:
-        worker.stop()
+def live(live_api_url: str) -> Iterator[httpx.Client]:
+    """A client of the API under uvicorn with one real worker (``live_api_url``)."""
+    with httpx.Client(base_url=live_api_url, headers={"X-API-Key": API_KEY}, timeout=120) as client:
+        yield client
 
 
 def _ok(response: httpx.Response, code: int = 200) -> Any:

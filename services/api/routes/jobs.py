@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from mona_core.training.config import METHODS, StudyConfig, TrainConfig
+from mona_core.training.config import StudyConfig, TrainConfig
 from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import send_or_fail, stored_file
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
-KINDS: Final = (*METHODS, "study")
 _TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 _INT64: Final = 2**63
 
