@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1 << 30, alias="MONA_MAX_UPLOAD_BYTES")
     max_archive_bytes: int = Field(default=8 << 30, alias="MONA_MAX_ARCHIVE_BYTES")
     max_voxels: int = Field(default=512 * 512 * 1024, alias="MONA_MAX_VOXELS")
+    inference_slots: int = Field(default=1, ge=1, le=64, alias="MONA_INFERENCE_SLOTS")
+    """Segmentations that run the model at once in one API process; the others wait their turn. Each run uses all
+    cores (onnxruntime's intra-op pool), so more slots than one only oversubscribe a CPU and multiply its memory."""
     worker_queues: str = Field(default="gpu,cpu", alias="MONA_WORKER_QUEUES")
     stale_job_seconds: float = Field(default=120.0, alias="MONA_STALE_JOB_SECONDS")
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, alias="MONA_VISIBILITY_TIMEOUT_S")

@@ -141,6 +141,7 @@ def test_deleting_a_model_takes_its_files_masks_and_reports(
     model = f"/v1/models/{registered.model_id}"
     segmented = api.post(f"{model}/segment", files=_files(*scans), headers={"Accept": "application/json"}).json()
     ad_hoc = api.post(f"{model}/segment", files=_files(scans[0]), headers={"Accept": "application/json"}).json()
+    assert api.get(segmented["overlay_url"]).status_code == 200, "drawn on first request, then stored"
     model_dir = settings.artifact_root / "models" / registered.model_id
     assert model_dir.is_dir(), "segmenting materialised the model folder"
     model_objects = {key for key in stored(settings) if not key.endswith(".nii.gz")} | {

@@ -181,6 +181,68 @@ def test_segment_with_a_label_records_a_report_and_an_overlay(
     assert api.get(f"/v1/reports/{report['id']}/overlay/..%2F..%2Fmona.db").status_code == 404
 
 
+def test_the_overlay_is_drawn_on_first_request_not_during_segment(
+    api: TestClient, service_settings: Settings, model: Registered, scans: tuple[Path, Path]
+) -> None:
+    """The segment call answers before any PNG exists; the first GET draws it once and keeps its key."""
+    store = ArtifactStore(service_settings.artifact_root)
+    pngs_before = set(store.root.glob("objects/*/*.png"))
+    response = api.post(
+        f"/v1/models/{model.model_id}/segment", files=_files(*scans), headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["overlay_url"] == f"/v1/segmentations/{body['id']}/overlay"
+    assert list(body["report"]["overlay_urls"]) == ["patient042_frame01"]
+    assert set(store.root.glob("objects/*/*.png")) == pngs_before
+    with session_scope(service_settings.sqlalchemy_url) as session:
+        row = session.get_one(Segmentation, body["id"])
+        assert row.overlay_key is None and row.viewer_image_key and row.viewer_label_key
+        kept_scan = read_image(store.path(row.viewer_image_key))
+    assert kept_scan.array.shape == read_image(scans[0]).array.shape
+    first = api.get(body["overlay_url"])
+    assert first.status_code == 200 and first.content.startswith(b"\x89PNG")
+    with session_scope(service_settings.sqlalchemy_url) as session:
+        row = session.get_one(Segmentation, body["id"])
+        report = session.get_one(Report, body["report_id"])
+        assert row.overlay_key is not None and report.overlays == {"patient042_frame01": row.overlay_key}
+        assert store.path(row.overlay_key).read_bytes() == first.content
+    assert api.get(body["report"]["overlay_urls"]["patient042_frame01"]).content == first.content
+
+
+def _most_inside_at_once(slots: int, threads: int = 8) -> int:
+    """How many of ``threads`` threads were inside ``inference_slot(slots)`` at once, at most."""
+    import threading
+    import time
+
+    from services.api.segmentation import inference_slot
+
+    inside, most, lock = 0, 0, threading.Lock()
+
+    def run() -> None:
+        nonlocal inside, most
+        with inference_slot(slots):
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.05)
+            with lock:
+                inside -= 1
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return most
+
+
+def test_inference_slots_let_one_model_run_at_a_time() -> None:
+    """``inference_slot(1)``: of eight threads, never two inside at once; ``inference_slot(3)``: up to three."""
+    assert _most_inside_at_once(1) == 1
+    assert _most_inside_at_once(3) == 3
+
+
 def test_segment_as_json(api: TestClient, model: Registered, scans: tuple[Path, Path]) -> None:
     response = api.post(
         f"/v1/models/{model.model_id}/segment", files=_files(*scans), headers={"Accept": "application/json"}

@@ -31,6 +31,8 @@ from services.api.segmentation import (
     SERIES_ZIP,
     Upload,
     case_id_from,
+    ensure_overlay,
+    has_overlay,
     receive_upload,
     segment_upload,
 )
@@ -125,7 +127,7 @@ def _mask_response(store: ArtifactStore, row: Segmentation) -> FileResponse:
 
 def _segmentation_public(request: Request, session: Session, row: Segmentation) -> SegmentationPublic:
     report = session.get(Report, row.report_id) if row.report_id is not None else None
-    overlay = api_path(request, "segmentation_overlay", segmentation_id=row.id) if row.overlay_key else None
+    overlay = api_path(request, "segmentation_overlay", segmentation_id=row.id) if has_overlay(row) else None
     return SegmentationPublic(
         id=row.id,
         model_id=row.model_id,
@@ -178,7 +180,7 @@ def segment(
                 raise NiftiError(f"expected a .zip of a DICOM series for format=dicom-seg, got {image.filename!r}")
             uploads = (image_upload, label_upload)
             case_id = case_id_from(image.filename)
-            row = segment_upload(session, store, model, uploads, case_id, settings.max_voxels, volume=scan.volume)
+            row = segment_upload(session, store, model, uploads, case_id, settings, volume=scan.volume)
             seg = (
                 _dicom_seg(store, model, row, scan.series)
                 if scan.series is not None and answer == "dicom-seg"
@@ -254,13 +256,15 @@ def get_segmentation_mask(
 def get_segmentation_overlay(
     segmentation_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep
 ) -> FileResponse:
-    """The overlay PNG (image, prediction and label); only segmentations made with a label have one."""
+    """The overlay PNG (image, prediction and label outlines, error map, per-slice DSC); only segmentations made with
+    a label have one. It is drawn on the first request (the segment call does not wait for it), then kept."""
     row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
-    if row.overlay_key is None:
+    key = ensure_overlay(session, store, row)
+    if key is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"expected a segmentation made with a label, got {row.id} without one"
         )
-    return FileResponse(stored_file(store, row.overlay_key, "overlay"), media_type="image/png")
+    return FileResponse(stored_file(store, key, "overlay"), media_type="image/png")
 
 
 @router.delete(

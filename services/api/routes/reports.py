@@ -20,6 +20,7 @@ from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.schemas.reports import EvaluationCreate, ReportPublic
 from services.api.scope import get_or_404
+from services.api.segmentation import report_overlay
 from services.common import deletion
 from services.common.models import Case, Dataset, JobStatus, Model, Report, ReportEntry, TrainingJob, new_id, utcnow
 from services.common.storage import ArtifactStore
@@ -127,8 +128,8 @@ def get_report_overlay(
 ) -> FileResponse:
     """The overlay PNG of one case (looked up in the report, never used as a path)."""
     report = get_or_404(session, principal, Report, report_id, "report")
-    key = (report.overlays or {}).get(case_id)
-    if not isinstance(key, str):
+    key = report_overlay(session, store, report, case_id)
+    if key is None:
         message = f"expected a case id of report {report.id} with an overlay, got {case_id!r}"
         raise HTTPException(status.HTTP_404_NOT_FOUND, message)
     return FileResponse(stored_file(store, key, "overlay"), media_type="image/png")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
-from mona_core.io import Volume, read_image, read_label, write_volume
+from mona_core.io import read_image, read_label
 from mona_core.report import save_slice_png
 from services.api.deps import SessionDep, SettingsDep, StoreDep
 from services.api.routes.datasets import _publics
@@ -26,10 +26,9 @@ from services.api.schemas.datasets import CasePublic
 from services.api.schemas.jobs import JobPublic
 from services.api.schemas.models import ModelPublic
 from services.api.scope import get_or_404, paged, visible
-from services.api.segmentation import Upload, case_id_from, nifti_suffix, segment_upload
+from services.api.segmentation import case_id_from, ensure_overlay, segment_upload
 from services.common.auth import Principal, find_key
 from services.common.models import Case, Dataset, Model, Report, Segmentation, TrainingJob
-from services.common.storage import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -163,20 +162,12 @@ def segment_page(
             scan = _read_upload(store, settings, image_upload, folder)
             uploads = (image_upload, label_upload)
             case_id = case_id_from(image.filename)
-            row = segment_upload(session, store, model, uploads, case_id, settings.max_voxels, volume=scan.volume)
-            _keep_for_viewer(store, row, scan.volume, label_upload)
+            row = segment_upload(session, store, model, uploads, case_id, settings, volume=scan.volume, keep_scan=True)
     finally:
         store.discard(image_upload.path, *([label_upload.path] if label_upload is not None else []))
     session.commit()
     report = _report(request, session, row)
     return _page(request, "segmented.html", principal, row=row, report=report)
-
-
-def _keep_for_viewer(store: ArtifactStore, row: Segmentation, volume: Volume, label: Upload | None) -> None:
-    """Keep the scan (as NIfTI, whatever it came as) and the label in the store for the slice viewer."""
-    row.viewer_image_key = store.put(write_volume(volume, store.staging_file(".nii.gz")), ".nii.gz").key
-    if label is not None:
-        row.viewer_label_key = store.copy_in(label.path, nifti_suffix(label.path.name)).key
 
 
 @router.get("/segmentations/{segmentation_id}/slices/{z}.png", name="ui_segmentation_slice")
@@ -225,9 +216,10 @@ def segmentation_overlay(
     segmentation_id: str, session: SessionDep, store: StoreDep, principal: ConsoleDep
 ) -> FileResponse:
     row = get_or_404(session, principal, Segmentation, segmentation_id, "segmentation")
-    if row.overlay_key is None:
+    key = ensure_overlay(session, store, row)
+    if key is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "expected a segmentation made with a label, got none")
-    return FileResponse(stored_file(store, row.overlay_key, "overlay"), media_type="image/png")
+    return FileResponse(stored_file(store, key, "overlay"), media_type="image/png")
 
 
 def install_console(app: Any) -> None:
