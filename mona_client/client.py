@@ -234,6 +234,11 @@ class Client:
         history: list[Body] = self._get(f"/v1/jobs/{job_id}/metrics")["history"]
         return history
 
+    def logs(self, job_id: str) -> list[Body]:
+        """The job's log lines (``at``, ``level``, ``message``), oldest first."""
+        lines: list[Body] = self._get(f"/v1/jobs/{job_id}/logs")["lines"]
+        return lines
+
     def loss_curve(self, job_id: str, out: str | Path) -> Path:
         return self.download(f"/v1/jobs/{job_id}/loss_curve.png", out)
 
@@ -296,17 +301,22 @@ class Client:
 
     def wait_segmentation(self, segmentation_id: str, timeout: float | None = None, poll: float = 1.0) -> Body:
         """Poll a batch segmentation until it ends (``JobFailed`` unless it succeeded)."""
+        return self._wait_until_ended(self.segmentation, segmentation_id, timeout, poll)
+
+    def _wait_until_ended(
+        self, fetch: Callable[[str], Body], resource_id: str, timeout: float | None, poll: float
+    ) -> Body:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            batch = self.segmentation(segmentation_id)
-            if batch.get("status", "succeeded") in TERMINAL:
+            body = fetch(resource_id)
+            if body.get("status", "succeeded") in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"segmentation {segmentation_id} still {batch['status']} after {timeout:.0f} s")
+                raise TimeoutError(f"{resource_id} still {body['status']} after {timeout:.0f} s")
             time.sleep(poll)
-        if batch.get("status", "succeeded") != "succeeded":
-            raise JobFailed(batch)
-        return batch
+        if body.get("status", "succeeded") != "succeeded":
+            raise JobFailed(body)
+        return body
 
     def download_masks(self, segmentation_id: str, out: str | Path) -> Path:
         return self.download(f"/v1/segmentations/{segmentation_id}/masks.zip", out)
@@ -319,6 +329,10 @@ class Client:
     def report(self, report_id: str) -> Body:
         body: Body = self._get(f"/v1/reports/{report_id}")
         return body
+
+    def wait_report(self, report_id: str, timeout: float | None = None, poll: float = 1.0) -> Body:
+        """Poll an evaluation's report until it ends (``JobFailed`` unless it succeeded)."""
+        return self._wait_until_ended(self.report, report_id, timeout, poll)
 
     def delete(self, kind: str, resource_id: str) -> None:
         """``kind``: datasets, jobs, models, reports or segmentations."""

@@ -30,6 +30,17 @@ from services.common.storage import ArtifactStore
 from tests.services.test_jobs_api import CLASSES, insert_dataset, task_sent
 
 SIZE = 32
+METRICS = {
+    "best": {"step": 20, "val_dice": 0.5},
+    "parity": {
+        "tolerance": 1e-3,
+        "max_abs_diff_random": 2e-6,
+        "max_abs_diff_real": 1e-6,
+        "argmax_agreement_real": 1.0,
+        "batch_checked": 4,
+        "export_batch": 2,
+    },
+}
 FOREGROUND_STATUSES = {"ok", "both_empty", "prediction_empty", "label_empty"}
 
 
@@ -86,7 +97,7 @@ def register_model(settings: Settings, model_dir: Path) -> Registered:
                 classes=CLASSES,
                 preset="mri",
                 size=SIZE,
-                metrics={"best_val_dice": 0.5},
+                metrics=METRICS,
             )
         )
         job = session.get(TrainingJob, job_id)
@@ -120,7 +131,7 @@ def test_models_list_get_and_downloads(api: TestClient, model: Registered, expor
     assert item == listed[model.model_id]
     assert item["classes"] == CLASSES and item["preset"] == "mri" and item["size"] == SIZE
     assert item["job_id"] == model.job_id and item["onnx_sha256"] == model.onnx_sha256
-    assert item["metrics"] == {"best_val_dice": 0.5} and item["created_at"].endswith("Z")
+    assert item["metrics"] == METRICS and item["created_at"].endswith("Z")
     onnx = api.get(f"/v1/models/{model.model_id}/onnx")
     assert onnx.status_code == 200 and onnx.headers["content-type"] == "application/octet-stream"
     assert 'filename="model.onnx"' in onnx.headers["content-disposition"]

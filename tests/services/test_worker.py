@@ -322,6 +322,11 @@ def test_a_study_job_stores_its_report_and_plot(service_settings: Settings, tmp_
     assert job.model_id is None and job.result is not None and len(job.result["cells"]) == 2
     report = api.get(f"/v1/jobs/{job_id}/study").json()
     assert [cell["method"] for cell in report["cells"]] == ["supervised", "mean_teacher"]
+    assert report["study"]["base"]["batch_size"] == 4 and report["study"]["ratios"] == [0.34]
+    best_val = report["cells"][0]["scores"]["best_val"]
+    assert (best_val["checkpoint"], best_val["split"]) == ("best.pt", "val") and 0 <= best_val["mean"]["dice"] <= 1
+    study_config = api.get(f"/v1/jobs/{job_id}").json()["config"]
+    assert study_config["methods"] == ["supervised", "mean_teacher"] and study_config["base"]["batch_size"] == 4
     assert "| 0.34 (1 pt) | supervised |" in api.get(f"/v1/jobs/{job_id}/study.md").text
     assert api.get(f"/v1/jobs/{job_id}/study.png").content[:4] == b"\x89PNG"
     assert api.get(f"/v1/jobs/{make_job(service_settings, dataset_id)}/study").status_code == 404

@@ -21,7 +21,7 @@ from services.api.deletions import DELETE_RESPONSES, finish_deletion
 from services.api.deps import CeleryDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from services.api.routes.reports import send_or_fail, stored_file
 from services.api.schemas.common import MetricRow, Page, error_responses
-from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic
+from services.api.schemas.jobs import JobCreate, JobLogLine, JobLogs, JobMetrics, JobPublic, StudyReport
 from services.api.scope import get_or_404, paged, visible
 from services.common import deletion
 from services.common.auth import Principal
@@ -250,11 +250,12 @@ def _study_result(session: Session, principal: Principal, job_id: str) -> dict[s
     return dict(job.result)
 
 
-@router.get("/jobs/{job_id}/study")
-def get_study(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    """The study's Table-I-style report: every (ratio, method) cell with DSC / ASD per class and the means."""
+@router.get("/jobs/{job_id}/study", response_model=StudyReport)
+def get_study(job_id: str, session: SessionDep, principal: PrincipalDep) -> StudyReport:
+    """The study's Table-I-style report: every (ratio, method) cell with DSC / ASD per class and the means, each
+    figure labelled with its checkpoint and split."""
     result = _study_result(session, principal, job_id)
-    return {key: value for key, value in result.items() if key != "figure_key"}
+    return StudyReport.model_validate({key: value for key, value in result.items() if key != "figure_key"})
 
 
 @router.get("/jobs/{job_id}/study.md", response_class=PlainTextResponse)

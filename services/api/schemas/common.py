@@ -34,6 +34,30 @@ class GeometryPublic(BaseModel):
     direction: list[float] = Field(min_length=9, max_length=9)
 
 
+class BestCheckpoint(BaseModel):
+    """The best-on-validation checkpoint of a run: its step and mean foreground DSC (0-1) on the validation split,
+    which also chose it."""
+
+    step: int
+    val_dice: float
+
+
+class MeanScores(BaseModel):
+    """Mean foreground DSC (0-1) and ASD (in the report's unit) over classes; ``None`` where undefined."""
+
+    dice: float | None
+    asd: float | None
+
+
+class ClassSummary(MeanScores):
+    """One class over the cases: DSC over the cases where the class is in the label or the prediction (``n_dice``),
+    ASD over the cases where it is in both (``n_asd``); ``status_counts`` per case status."""
+
+    n_dice: int
+    n_asd: int
+    status_counts: dict[str, int]
+
+
 class MetricRow(BaseModel):
     """One logged training step: ``step``, ``lr``, the losses of the method (``loss``, ``loss_ce``, ...) and, on
     validation steps, ``val_dice`` (mean foreground DSC, 0-1)."""

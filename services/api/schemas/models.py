@@ -6,9 +6,33 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.api.schemas.common import GeometryPublic
+from services.api.schemas.common import BestCheckpoint, GeometryPublic
 from services.api.schemas.reports import ClassScore, ReportPublic, UtcDatetime
 from services.common.models import JobStatus
+
+
+class ExportParity(BaseModel):
+    """How the ONNX graph was checked against torch at export: the largest logit difference on random inputs and on
+    real slices of the run's data, the argmax agreement on those slices, and the tolerance it had to meet."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tolerance: float
+    max_abs_diff_random: float
+    max_abs_diff_real: float | None = None
+    argmax_agreement_real: float | None = None
+    batch_checked: int | None = None
+    export_batch: int | None = None
+
+
+class ModelMetrics(BaseModel):
+    """What the worker measured: the exported checkpoint's validation DSC (``best``: the best-on-validation
+    checkpoint; ``None`` when the run had no validation and the last checkpoint was exported) and the parity check."""
+
+    model_config = ConfigDict(extra="allow")
+
+    best: BestCheckpoint | None = None
+    parity: ExportParity | None = None
 
 
 class ModelPublic(BaseModel):
@@ -23,7 +47,7 @@ class ModelPublic(BaseModel):
     preset: str
     size: int
     onnx_sha256: str
-    metrics: dict[str, Any]
+    metrics: ModelMetrics
     created_at: UtcDatetime
 
 
