@@ -262,3 +262,23 @@ def test_finetune_starts_from_a_succeeded_pretrain_job(api: TestClient, service_
     assert missing.status_code == 404
     scratch = api.post("/v1/jobs", json=job_body(dataset_id, kind="finetune"))  # MONA fine-tuning alone
     assert scratch.status_code == 202 and scratch.json()["config"]["init_from"] is None
+
+
+def test_a_job_shows_its_full_config_even_one_stored_by_an_older_version(
+    api: TestClient, service_settings: Settings
+) -> None:
+    """``config`` is the whole ``TrainConfig`` (defaults filled in); an option this version no longer knows, as a job
+    stored by an older version may hold, is left out instead of failing the read."""
+    dataset_id = insert_dataset(service_settings, labelled=1)
+    job = api.post("/v1/jobs", json=job_body(dataset_id)).json()
+    assert (
+        job["config"]["iterations"] == 20
+        and job["config"]["momentum"] == 0.9
+        and job["config"]["method"] == "supervised"
+    )
+    with session_scope(service_settings.sqlalchemy_url) as session:
+        row = session.get_one(TrainingJob, job["id"])
+        row.config = {**row.config, "an_option_since_removed": 3}
+    shown = api.get(f"/v1/jobs/{job['id']}")
+    assert shown.status_code == 200 and "an_option_since_removed" not in shown.json()["config"]
+    assert shown.json()["config"] == job["config"]
