@@ -16,10 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mona_client import Client
 from services.embedded import free_port
 from services.worker.lock import LOCK_NAME, LOCKED_EXIT
 from tests.services.conftest import API_KEY, REPO, wait_for
-from tests.services.test_end_to_end import TINY, _ok, _upload_phantoms, _wait_for_status
+from tests.services.test_end_to_end import TINY, _upload_phantoms
 
 
 @dataclass
@@ -101,11 +102,10 @@ def test_a_killed_worker_is_restarted_and_trains_the_next_job(
     wait_for(lambda: serve.worker_pid() not in (None, first), 60, what="a new worker pid")
     wait_for(lambda: _ready(serve).status_code == 200, 60, interval=0.2, what="/readyz 200 with the new worker")
     record_property("mona serve worker killed: seconds to /readyz 200 again", round(time.monotonic() - killed_at, 2))
-    with httpx.Client(base_url=serve.base, headers={"X-API-Key": API_KEY}, timeout=120) as client:
+    with Client(serve.base, API_KEY, timeout=120) as client:
         dataset_id = _upload_phantoms(client, tmp_path / "phantoms")
-        body = {"kind": "supervised", "dataset_id": dataset_id, "labelled_patients": 2, "config": TINY}
-        job = _ok(client.post("/v1/jobs", json={**body, "device": "cpu"}), 202)
-        assert _wait_for_status(client, f"/v1/jobs/{job['id']}", "succeeded")["model_id"]
+        job = client.create_job("supervised", dataset_id, config=TINY, labelled_patients=2, device="cpu")
+        assert client.wait(job["id"], timeout=240, poll=0.5, progress=False)["model_id"]
     assert "restarting in" in (tmp_path / "serve.log").read_text()
 
 
