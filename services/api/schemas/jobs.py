@@ -132,7 +132,7 @@ class JobLogs(BaseModel):
 
 
 class CheckpointScores(BaseModel):
-    """A checkpoint scored on whole volumes of one split: which checkpoint (``best``: best-on-validation, ``last``),
+    """A checkpoint scored on whole volumes of one split: which (``best.pt``: best-on-validation, ``last.pt``),
     its step, the split, and the DSC (0-1) / ASD per class and their means."""
 
     model_config = ConfigDict(extra="allow")
