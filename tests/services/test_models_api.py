@@ -236,7 +236,7 @@ def _most_inside_at_once(slots: int, threads: int = 8) -> int:
             with lock:
                 inside += 1
                 most = max(most, inside)
-            time.sleep(0.05)
+            time.sleep(0.2)
             with lock:
                 inside -= 1
 
