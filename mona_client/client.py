@@ -301,18 +301,19 @@ class Client:
 
     def wait_segmentation(self, segmentation_id: str, timeout: float | None = None, poll: float = 1.0) -> Body:
         """Poll a batch segmentation until it ends (``JobFailed`` unless it succeeded)."""
-        return self._wait_until_ended(self.segmentation, segmentation_id, timeout, poll)
+        return self._wait_until_ended(self.segmentation, "segmentation", segmentation_id, timeout, poll)
 
     def _wait_until_ended(
-        self, fetch: Callable[[str], Body], resource_id: str, timeout: float | None, poll: float
+        self, fetch: Callable[[str], Body], kind: str, resource_id: str, timeout: float | None, poll: float
     ) -> Body:
+        """Poll ``fetch(resource_id)`` until its status is terminal; ``kind`` names it in the timeout's message."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             body = fetch(resource_id)
             if body.get("status", "succeeded") in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{resource_id} still {body['status']} after {timeout:.0f} s")
+                raise TimeoutError(f"{kind} {resource_id} still {body['status']} after {timeout:.0f} s")
             time.sleep(poll)
         if body.get("status", "succeeded") != "succeeded":
             raise JobFailed(body)
@@ -332,7 +333,7 @@ class Client:
 
     def wait_report(self, report_id: str, timeout: float | None = None, poll: float = 1.0) -> Body:
         """Poll an evaluation's report until it ends (``JobFailed`` unless it succeeded)."""
-        return self._wait_until_ended(self.report, report_id, timeout, poll)
+        return self._wait_until_ended(self.report, "report", report_id, timeout, poll)
 
     def delete(self, kind: str, resource_id: str) -> None:
         """``kind``: datasets, jobs, models, reports or segmentations."""
