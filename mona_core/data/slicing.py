@@ -45,17 +45,6 @@ def linear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np
     return low, np.minimum(low + 1, in_size - 1), (x - low).astype(np.float32)
 
 
-def linear_weights(out_size: int, in_size: int) -> np.ndarray:
-    """The ``(out_size, in_size)`` float32 matrix of ``linear_taps``: ``weights @ values`` resizes like
-    ``scipy.ndimage.zoom(order=1)``."""
-    low, high, frac = linear_taps(out_size, in_size)
-    weights = np.zeros((out_size, in_size), dtype=np.float32)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, low), 1.0 - frac)
-    np.add.at(weights, (rows, high), frac)
-    return weights
-
-
 def resize_planes_linear(planes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize float planes ``(M, h, w)`` to ``(M, height, width)`` linearly, as ``resize_slices(order=1)`` does
     (equal to ~1e-7): two taps per output sample along each axis (gathers and a weighted sum), so the cost grows
