@@ -67,6 +67,9 @@ class TrainConfig:
     L_unsup + 1.0 L_nn, with 256 queries, 512 negatives, confidence threshold 0.97, temperature 0.5, K = 5
     neighbours), and ``mona`` = both, chained (``pretrain_fraction`` of the iterations pre-train: the paper's 100
     of 300 epochs). ``tailness`` / ``consistency`` / ``diversity`` switch the three fine-tuning terms (Table III).
+    ``strong_labelled`` gives fine-tuning's student the strong augmentation of its labelled slices too (contrast,
+    brightness, CutMix, deformation on top of the sampled batch, labels moved with the image); off, the student sees
+    them as sampled (see docs/METHOD.md for the measurement).
     ``head_norm`` is the normalisation in the global projection head and predictor (the paper does not say; with
     BatchNorm over 3 unlabelled slices each embedding depends on its batch companions).
 
@@ -86,8 +89,10 @@ class TrainConfig:
     float32); ``fused_optimizer`` uses SGD(fused=True) where torch supports it for the device (else a logged
     note and the ordinary SGD); ``threads`` sets torch's intra-op CPU threads (process-wide) when given.
     ``data_on_device`` holds the slice bank as tensors on the run's device and samples and weak-augments batches
-    there (``sample_batch_on_device``: batched rotation, crop and flip) instead of slice by slice on the host with
-    numpy; it changes the augmentation's implementation (not its kind), so runs with and without it differ.
+    there (``sample_batch_on_device``) instead of on the host and copying them over. Both paths draw from the same
+    distribution (a quarter turn and flip, or a small rotation: ``augment.weak_augment`` on the host,
+    ``gpu_augment.sampler_augment_batch`` on the device) with different generators, so runs with and without it
+    differ draw by draw, not in kind.
 
     Bounds: every numeric field has the upper bound in ``LIMITS`` (service protection, not advice) and every float
     must be finite. ``max_loss``: a step whose loss (or any loss part) is above it, or not finite, stops the run
@@ -131,6 +136,7 @@ class TrainConfig:
     tailness: bool = True
     consistency: bool = True
     diversity: bool = True
+    strong_labelled: bool = False
     channels_last: bool = False
     amp: str = "none"
     fused_optimizer: bool = False

@@ -16,7 +16,7 @@ import torch
 
 from mona_core.data.augment import weak_augment
 from mona_core.data.dataset import CaseRecord, DatasetIndex
-from mona_core.data.gpu_augment import weak_augment_batch
+from mona_core.data.gpu_augment import sampler_augment_batch
 from mona_core.data.slicing import image_to_slices, label_to_slices
 from mona_core.data.splits import LabelledSelection
 from mona_core.io import read_image, read_label
@@ -161,7 +161,7 @@ def sample_batch_on_device(
     augment_unlabelled: bool = True,
 ) -> Batch:
     """``sample_batch`` for a bank held on the device: the same picks from ``rng``, then the weak augmentation of
-    ``mona_core.data.gpu_augment`` (rotation, crop, flip; one resampling per slice, labels nearest) batched on the
+    ``sample_batch`` (``sampler_augment_batch``: one resampling per slice, labels nearest) batched on the
     device with ``generator``; ``generator=None`` means no augmentation. Unlabelled slices are augmented only with
     ``augment_unlabelled`` (off for methods that make their own weak view)."""
     device = slices.images.device
@@ -169,9 +169,9 @@ def sample_batch_on_device(
     extra = torch.as_tensor(rng.integers(0, len(slices.unlabelled), size=batch_size - labelled), device=device)
     images, labels, unlabelled = slices.images[picks], slices.labels[picks], slices.unlabelled[extra]
     if generator is not None:
-        images, maybe_labels = weak_augment_batch(images, labels, generator)
+        images, maybe_labels = sampler_augment_batch(images, labels, generator)
         assert maybe_labels is not None
         labels = maybe_labels
         if augment_unlabelled and len(unlabelled):
-            unlabelled = weak_augment_batch(unlabelled, None, generator)[0]
+            unlabelled = sampler_augment_batch(unlabelled, None, generator)[0]
     return Batch(images, labels, unlabelled)

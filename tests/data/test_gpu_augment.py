@@ -12,6 +12,7 @@ from mona_core.data.gpu_augment import (
     affine_theta,
     integrate_velocity,
     random_velocity,
+    sampler_augment_batch,
     strong_augment_batch,
     strong_from_weak,
     weak_augment_batch,
@@ -179,3 +180,20 @@ def test_cuda_images_with_a_cpu_generator_match_cpu() -> None:
     assert gpu_labels is not None and cpu_labels is not None
     torch.testing.assert_close(gpu_images.cpu(), cpu_images, atol=1e-3, rtol=0)
     assert (gpu_labels.cpu() == cpu_labels).float().mean() > 0.99
+
+
+def test_the_sampler_augmentation_without_small_rotations_is_identity_or_a_reflection() -> None:
+    """With max_degrees = 0 each sample is itself or one of the four reflections of the square (quarter turn then
+    flip), as the host sampler draws them: never a pure quarter turn, and all four reflections occur."""
+    images = torch.rand(64, 1, 12, 12, generator=_gen(0))
+    labels = (images[:, 0] > 0.5).long()
+    out, out_labels = sampler_augment_batch(images, labels, _gen(3), max_degrees=0.0)
+    assert out_labels is not None and torch.equal(out_labels, (out[:, 0] > 0.5).long())  # labels move with images
+    kinds = []
+    for o, i in zip(out, images, strict=True):
+        reflections = [torch.rot90(i.flip(-1), k, dims=(-2, -1)) for k in range(4)]
+        turns = [torch.rot90(i, k, dims=(-2, -1)) for k in range(1, 4)]
+        assert not any(torch.allclose(o, t, atol=1e-5) for t in turns)
+        matches = [k for k, r in enumerate(reflections) if torch.allclose(o, r, atol=1e-5)]
+        kinds.append("same" if torch.allclose(o, i, atol=1e-5) else f"reflection {matches[0]}")
+    assert set(kinds) == {"same", "reflection 0", "reflection 1", "reflection 2", "reflection 3"}

@@ -373,3 +373,48 @@ def test_both_glcon_instance_terms_train_the_student() -> None:
         expected = [e + g for e, g in zip(expected, _grads(parts[term], params), strict=True)]
     total = _grads(parts["loss"], params)
     assert _norm([t - e for t, e in zip(total, expected, strict=True)]) <= 1e-5 * _norm(expected)
+
+
+@pytest.mark.parametrize("strong", [False, True])
+def test_strong_labelled_gives_the_student_moved_labelled_slices_with_their_moved_labels(
+    strong: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards: ``strong_labelled`` doing nothing, or moving the labelled images but scoring them on the old labels."""
+    method = _finetune(strong_labelled=strong)
+    batch = _batch()
+    calls: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]] = []
+    real_strong = mona_module.strong_from_weak
+
+    def spy_strong(images: torch.Tensor, labels: torch.Tensor | None, *args: Any) -> Any:
+        out = real_strong(images, labels, *args)
+        calls.append((images, out))
+        return out
+
+    scored: list[torch.Tensor] = []
+    real_supervised = mona_module.supervised_loss
+
+    def spy_supervised(logits: torch.Tensor, labels: torch.Tensor) -> Any:
+        scored.append(labels)
+        return real_supervised(logits, labels)
+
+    inputs: list[torch.Tensor] = []
+    real_forward = method.model.forward_features
+
+    def spy_forward(images: torch.Tensor) -> Any:
+        inputs.append(images)
+        return real_forward(images)
+
+    monkeypatch.setattr(mona_module, "strong_from_weak", spy_strong)
+    monkeypatch.setattr(mona_module, "supervised_loss", spy_supervised)
+    monkeypatch.setattr(method.model, "forward_features", spy_forward)
+    method.step(batch, 0)
+    n_l = len(batch.images)
+    if not strong:
+        assert len(calls) == 1  # the unlabelled student view only
+        assert torch.equal(inputs[0][:n_l], batch.images) and torch.equal(scored[0], batch.labels)
+        return
+    assert len(calls) == 2
+    moved_images, moved_labels = next(out for images, out in calls if images is batch.images)
+    assert not torch.equal(moved_images, batch.images)
+    assert torch.equal(inputs[0][:n_l], moved_images) and moved_labels is not None
+    assert torch.equal(scored[0], moved_labels)

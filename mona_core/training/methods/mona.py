@@ -177,10 +177,15 @@ class AnatomicalContrastiveReconstruction(_StudentTeacher):
             pseudo = teacher_out.logits.argmax(dim=1)
         strong, strong_pseudo = strong_from_weak(weak, pseudo, self.generator)
         assert strong_pseudo is not None
-        images, labels = torch.cat([batch.images, strong]), torch.cat([batch.labels, strong_pseudo])
+        labelled, labelled_labels = batch.images, batch.labels
+        if self.config.strong_labelled:
+            labelled, maybe_labels = strong_from_weak(batch.images, batch.labels, self.generator)
+            assert maybe_labels is not None
+            labelled_labels = maybe_labels
+        images, labels = torch.cat([labelled, strong]), torch.cat([labelled_labels, strong_pseudo])
         out = self.model.forward_features(images)
-        n_l = len(batch.images)
-        parts = supervised_loss(out.logits[:n_l], batch.labels)
+        n_l = len(labelled)
+        parts = supervised_loss(out.logits[:n_l], labelled_labels)
         terms = {"loss_unsup": F.cross_entropy(out.logits[n_l:], strong_pseudo)}
         terms["loss_contrast"] = (
             self._tailness(out.decoder, out.logits, labels) if self.config.tailness else _zero(out.logits)
