@@ -15,6 +15,7 @@ LIMITS: Final[dict[str, int | float]] = {
     "iterations": 1_000_000,  # 33 x the paper's 30,000; keeps a job's length and counters within int32
     "batch_size": 512,
     "size": 1024,  # 512 x 1024 x 1024 float32 inputs are 2 GiB already
+    "patch": 1024,
     "labelled_batch_size": 512,
     "lr": 10,  # up to 10 stays accepted: a run that diverges is failed by the divergence guard
     "lr_gamma": 1,  # a decay: the learning rate never grows past ``lr``
@@ -60,6 +61,10 @@ class TrainConfig:
 
     Defaults are the paper's: SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 6, lr / 10 every 2,500
     iterations, 256x256 slices, EMA momentum 0.99. ``iterations`` defaults to 30,000 (the SSL4MIS-family schedule).
+    ``patch`` (default None: whole slices) trains on a random ``patch`` x ``patch`` window of each sampled slice
+    (after its weak augmentation; a labelled slice's label is cut with it), while validation, export and
+    inference see whole ``size`` x ``size`` slices: the network learns at the scale of ``size`` for the compute of
+    ``patch`` (see docs/METHOD.md).
 
     MONA (Section III / IV-B): GLCon pre-training (``pretrain``: instance discrimination with temperatures 0.1 /
     0.01 against a memory of 36 mined views, global on the bottleneck and local on 64x64 views of the logits),
@@ -103,6 +108,7 @@ class TrainConfig:
     iterations: int = 30_000
     batch_size: int = 6
     size: int = 256
+    patch: int | None = None
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -156,6 +162,10 @@ class TrainConfig:
             "iterations": (self.iterations > 0, "> 0"),
             "batch_size": (self.batch_size > 0, "> 0"),
             "size": (self.size >= 16 and self.size % 16 == 0, "a multiple of 16, at least 16"),
+            "patch": (
+                self.patch is None or (16 <= self.patch <= self.size and self.patch % 16 == 0),
+                f"None or a multiple of 16 in 16..size ({self.size})",
+            ),
             "lr": (self.lr > 0, "> 0"),
             "lr_step": (self.lr_step > 0, "> 0"),
             "val_every": (self.val_every > 0, "> 0"),

@@ -175,3 +175,28 @@ def sample_batch_on_device(
         if augment_unlabelled and len(unlabelled):
             unlabelled = sampler_augment_batch(unlabelled, None, generator)[0]
     return Batch(images, labels, unlabelled)
+
+
+def random_windows(batch: Batch, patch: int, rng: np.random.Generator) -> Batch:
+    """A random ``patch`` x ``patch`` window of every slice of ``batch`` (offsets from ``rng``, uniform over the
+    slice, one per slice); a labelled slice's label is cut at its image's window. A window as large as the slice
+    is the slice itself."""
+    side = batch.images.shape[-1]
+    if not 0 < patch <= side or batch.images.shape[-2] != side:
+        raise ValueError(f"expected a patch in 1..{side} of square slices, got {patch} for {tuple(batch.images.shape)}")
+    if patch == side:
+        return batch
+    labelled = rng.integers(0, side - patch + 1, size=(len(batch.images), 2))
+    unlabelled = rng.integers(0, side - patch + 1, size=(len(batch.unlabelled), 2))
+    return Batch(
+        _windows(batch.images, labelled, patch),
+        _windows(batch.labels, labelled, patch),
+        _windows(batch.unlabelled, unlabelled, patch),
+    )
+
+
+def _windows(tensors: torch.Tensor, offsets: np.ndarray, patch: int) -> torch.Tensor:
+    if not len(tensors):
+        return tensors[..., :patch, :patch]
+    cut = [t[..., y : y + patch, x : x + patch] for t, (y, x) in zip(tensors, offsets.tolist(), strict=True)]
+    return torch.stack(cut).contiguous()

@@ -37,6 +37,7 @@ from mona_core.training.slices import (
     ValCase,
     build_slice_bank,
     load_val_cases,
+    random_windows,
     sample_batch,
     sample_batch_on_device,
 )
@@ -313,13 +314,15 @@ def _train_step(
 
 def _sample(state: RunState, config: TrainConfig, bank: SliceBank, device: torch.device) -> Batch:
     """A batch on ``device``: from the bank held there (``data_on_device``, batched torch augmentation), else
-    sampled and weak-augmented slice by slice on the host and copied over."""
+    sampled and weak-augmented slice by slice on the host and copied over; then cut to ``patch`` windows."""
     augment_unlabelled = config.augment and not state.method.augments_unlabelled
     labelled, size = config.labelled_per_batch, config.batch_size
     if state.device_slices is None:
-        return sample_batch(bank, labelled, size, state.rng, config.augment, augment_unlabelled).to(device)
-    generator = state.augment_generator if config.augment else None
-    return sample_batch_on_device(state.device_slices, labelled, size, state.rng, generator, augment_unlabelled)
+        batch = sample_batch(bank, labelled, size, state.rng, config.augment, augment_unlabelled).to(device)
+    else:
+        generator = state.augment_generator if config.augment else None
+        batch = sample_batch_on_device(state.device_slices, labelled, size, state.rng, generator, augment_unlabelled)
+    return batch if config.patch is None else random_windows(batch, config.patch, state.rng)
 
 
 def _maybe_validate(
