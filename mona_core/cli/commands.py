@@ -10,6 +10,7 @@ from typing import Any
 
 from mona_core.cli.console import TrainingBar, emit, format_report
 from mona_core.data.dataset import DatasetIndex, load_dataset
+from mona_core.data.slicing import POSTPROCESSING
 from mona_core.data.splits import LabelledSelection, select_labelled
 from mona_core.training.config import METHODS, TrainConfig
 
@@ -33,6 +34,14 @@ def add_train(sub: Any) -> None:
     p.add_argument("--split-seed", type=int, help="seed choosing the labelled patients (default: 0)")
     p.add_argument("--iterations", type=int, help=f"training iterations (default: {defaults.iterations})")
     p.add_argument("--size", type=int, help=f"square training slice size (default: {defaults.size})")
+    p.add_argument(
+        "--patch", type=int, help="train on random PATCH x PATCH windows of the slices (default: whole slices)"
+    )
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESSING,
+        help="applied to each predicted volume in validation and by the exported model (default: none)",
+    )
     p.add_argument("--batch-size", type=int, help=f"slices per step (default: {defaults.batch_size})")
     p.add_argument("--val-every", type=int, help=f"validate every N iterations (default: {defaults.val_every})")
     p.add_argument(
@@ -51,6 +60,11 @@ def add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="export a run's best checkpoint to ONNX + manifest.json")
     p.add_argument("run_dir", type=Path, help="a run directory of mona train (its best-on-val checkpoint is exported)")
     p.add_argument("--out", type=Path, help="model directory (default: RUN_DIR/model)")
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESSING,
+        help="what the model does to each mask, kept in its manifest (default: the run's TrainConfig.postprocess)",
+    )
     p.set_defaults(handler=run_export)
 
 
@@ -65,6 +79,7 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="also write the JSON report (and masks/overlays for --model) here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    p.add_argument("--postprocess", choices=POSTPROCESSING, help="with --model: instead of the manifest's")
     p.set_defaults(handler=run_evaluate)
 
 
@@ -114,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from mona_core.cli.exporting import export_run
 
-    result = export_run(args.run_dir, args.out or args.run_dir / "model")
+    result = export_run(args.run_dir, args.out or args.run_dir / "model", args.postprocess)
     parity = result.manifest.parity
     emit(
         f"exported {result.model_dir} (ONNX opset {result.manifest.opset}; parity max |diff| "
@@ -127,7 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mona_core.cli.scoring import evaluate_files, evaluate_model_dir
 
     if args.model is not None and args.data is not None:
-        report = evaluate_model_dir(args.model, args.data, args.split, args.out, args.device)
+        report = evaluate_model_dir(args.model, args.data, args.split, args.out, args.device, args.postprocess)
     elif args.pred is not None and args.label is not None:
         report = evaluate_files(args.pred, args.label, args.classes)
     else:

@@ -32,7 +32,8 @@ def real_slices(run_dir: Path, preset: str, size: int, limit: int = 8) -> np.nda
     return slices[:limit]
 
 
-def export_run(run_dir: Path, out_dir: Path) -> ExportResult:
+def export_run(run_dir: Path, out_dir: Path, postprocess: str | None = None) -> ExportResult:
     checkpoint = load_checkpoint(checkpoint_for_export(run_dir))
     data = checkpoint["data"]
-    return export_checkpoint(checkpoint, out_dir, real_inputs=real_slices(run_dir, data["preset"], data["size"]))
+    real = real_slices(run_dir, data["preset"], data["size"])
+    return export_checkpoint(checkpoint, out_dir, real_inputs=real, postprocess=postprocess)

@@ -24,6 +24,8 @@ _CONFIG_FLAGS = {
     "method": "--method",
     "iterations": "--iterations",
     "size": "--size",
+    "patch": "--patch",
+    "postprocess": "--postprocess",
     "batch_size": "--batch-size",
     "val_every": "--val-every",
     "seed": "--seed",

@@ -39,8 +39,11 @@ def evaluate_files(pred_path: Path, label_path: Path, classes: str | None) -> di
     return accumulator.aggregate()
 
 
-def evaluate_model_dir(model_dir: Path, data: Path, split: str, out: Path | None, device: str) -> dict[str, Any]:
-    """Segment every labelled case of ``split`` with the exported model and score it."""
-    segmenter = Segmenter(model_dir, device=device)
+def evaluate_model_dir(
+    model_dir: Path, data: Path, split: str, out: Path | None, device: str, postprocess: str | None = None
+) -> dict[str, Any]:
+    """Segment every labelled case of ``split`` with the exported model (post-processing its masks as its manifest
+    says, or as ``postprocess``) and score it."""
+    segmenter = Segmenter(model_dir, device=device, postprocess=postprocess)
     index = load_dataset(data, preset=segmenter.manifest.preset)
     return evaluate_model(segmenter, index, split, out_dir=out)

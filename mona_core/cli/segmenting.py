@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mona_core.cli.console import emit
+from mona_core.data.slicing import POSTPROCESSING
 from mona_core.inference.batch import MASK_SUFFIX, SEG_SUFFIX, BatchItem, Segmented, segment_folder, segment_scan
 from mona_core.io import IMAGE_SUFFIXES, find_scans, holds_dicom_series, image_suffix, strip_image_suffix
 
@@ -42,6 +43,7 @@ def add_segment(sub: Any) -> None:
         help="write a DICOM SEG object (.dcm) referencing each DICOM input series instead of an image file",
     )
     p.add_argument("--series-uid", help="the series to segment when a DICOM folder holds several")
+    p.add_argument("--postprocess", choices=POSTPROCESSING, help="instead of the model manifest's post-processing")
     p.set_defaults(handler=run_segment)
 
 
@@ -71,7 +73,7 @@ def _run_single(args: argparse.Namespace) -> int:
             f"series), got the file {args.input.name}"
         )
     output = single_output(args.output, args.input, args.dicom_seg)
-    segmenter = Segmenter(args.model, device=args.device)
+    segmenter = Segmenter(args.model, device=args.device, postprocess=args.postprocess)
     result = segment_scan(segmenter, args.input, output, dicom_seg=args.dicom_seg, series_uid=args.series_uid)
     geometry, timings = result.mask.geometry, result.timings
     emit(
@@ -113,7 +115,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     from mona_core.inference.segmenter import Segmenter
 
     total = _check_batch(args)
-    segmenter = Segmenter(args.model, device=args.device)
+    segmenter = Segmenter(args.model, device=args.device, postprocess=args.postprocess)
     bar = tqdm(total=total, desc="segment", unit="scan", dynamic_ncols=True, file=sys.stderr)
 
     def on_item(item: BatchItem, number: int, count: int) -> None:

@@ -24,6 +24,10 @@ RESAMPLING: Final = ("probabilities", "logits", "labels")
 """How a prediction returns to the input grid: softmax probabilities or raw logits resized linearly then argmaxed,
 or (the former behaviour) labels argmaxed at network size then resized with nearest neighbour."""
 
+POSTPROCESSING: Final = ("none", "largest_component")
+"""What is done to a volume's mask after it is back on the input grid: nothing, or each foreground class keeps only
+its largest 3D connected component (``keep_largest_components``)."""
+
 
 def resize_slices(array: np.ndarray, height: int, width: int, order: int) -> np.ndarray:
     """Resize every slice of ``array`` (z, y, x) to (height, width); order 1 = linear, 0 = nearest."""
@@ -94,6 +98,28 @@ def scores_to_labels(scores: np.ndarray, height: int, width: int, resample: str 
     return labels
 
 
+def keep_largest_components(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (z, y, x) with each foreground class reduced to its largest connected component (voxels sharing a
+    face are connected; on a tie the first component in scan order stays); the rest becomes background."""
+    if mask.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) mask, got shape {mask.shape}")
+    kept = np.zeros_like(mask)
+    for value in np.unique(mask):
+        if value == 0:
+            continue
+        components, count = ndimage.label(mask == value)
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        kept[components == int(np.argmax(sizes)) + 1] = value
+    return kept
+
+
+def postprocess_mask(mask: np.ndarray, postprocess: str) -> np.ndarray:
+    """Apply one of ``POSTPROCESSING`` to a volume's mask."""
+    if postprocess not in POSTPROCESSING:
+        raise ValueError(f"expected a post-processing in {POSTPROCESSING}, got {postprocess!r}")
+    return keep_largest_components(mask) if postprocess == "largest_component" else mask
+
+
 def predict_volume(
     array: np.ndarray,
     predict: PredictFn,
@@ -101,15 +127,19 @@ def predict_volume(
     size: int,
     batch_size: int = 16,
     resample: str = "probabilities",
+    postprocess: str = "none",
 ) -> np.ndarray:
     """Segment a raw image volume (z, y, x) slice by slice; returns a uint8 mask of the same shape.
 
     Each batch's outputs are resized to the input's in-plane size and argmaxed there (``resample``), so memory
-    holds ``batch_size x C`` full-size planes at most, never the whole volume's probabilities.
+    holds ``batch_size x C`` full-size planes at most, never the whole volume's probabilities. The whole mask is
+    then post-processed (``postprocess``, one of ``POSTPROCESSING``).
     """
+    if postprocess not in POSTPROCESSING:
+        raise ValueError(f"expected a post-processing in {POSTPROCESSING}, got {postprocess!r}")
     slices = image_to_slices(array, preset, size)
     labels = np.empty(array.shape, dtype=np.uint8)
     for start in range(0, slices.shape[0], batch_size):
         scores = predict(slices[start : start + batch_size])
         labels[start : start + batch_size] = scores_to_labels(scores, array.shape[1], array.shape[2], resample)
-    return labels
+    return postprocess_mask(labels, postprocess)

@@ -3,8 +3,9 @@
 A model directory holds ``model.onnx`` and ``manifest.json``. The manifest says how to feed the network
 (intensity preset, square slice size, tensor names), what comes out (class names, ``classes[0] ==
 "background"``), how the ONNX graph was checked against torch (``parity``) and where it came from
-(``source``). It also pins the ONNX file's sha256, so a tampered or truncated model is refused before it
-segments anything.
+(``source``), and what is done to each predicted mask (``postprocess``: optional, "none" when absent, so
+manifests written before it still load). It also pins the ONNX file's sha256, so a tampered or truncated model is
+refused before it segments anything.
 
 This module must not import torch: torch-free inference reads manifests through it.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mona_core.data.presets import PRESETS
+from mona_core.data.slicing import POSTPROCESSING
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Manifest:
     parity: dict[str, Any]
     source: dict[str, Any]
     format: str = MANIFEST_FORMAT
+    postprocess: str = "none"
 
     def __post_init__(self) -> None:
         _check_classes(self.classes)
@@ -73,6 +76,8 @@ class Manifest:
             raise ManifestError(f"expected a positive slice size, got {self.size}")
         if len(self.onnx_sha256) != 64:
             raise ManifestError(f"expected a 64-character sha256 hex digest, got {self.onnx_sha256!r}")
+        if self.postprocess not in POSTPROCESSING:
+            raise ManifestError(f"expected a postprocess in {POSTPROCESSING}, got {self.postprocess!r}")
 
     @property
     def num_classes(self) -> int:
@@ -110,6 +115,7 @@ class Manifest:
             parity=dict(data["parity"]),
             source=dict(data["source"]),
             format=MANIFEST_FORMAT,
+            postprocess=_typed({"postprocess": data.get("postprocess", "none")}, "postprocess", str),
         )
 
 

@@ -55,8 +55,11 @@ def export_checkpoint(
     real_inputs: np.ndarray | None = None,
     tolerance: float = 1e-4,
     seed: int = 0,
+    postprocess: str | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir`` (``model.onnx`` + ``manifest.json``) after a parity check.
+
+    The manifest's ``postprocess`` is ``postprocess`` when given, else the run's (``train_config``), else "none".
 
     ``tolerance`` bounds the max absolute difference of logits between onnxruntime (CPU) and torch; a larger
     difference raises ExportError. ``real_inputs`` are optional network inputs ``(N, 1, S, S)`` float32
@@ -74,7 +77,7 @@ def export_checkpoint(
         onnx_path = staging / MODEL_FILE
         _export_onnx(model, onnx_path, size)
         parity = _check_parity(model, onnx_path, size, real, tolerance, seed)
-        manifest = _make_manifest(checkpoint, classes, preset, size, onnx_path, parity)
+        manifest = _make_manifest(checkpoint, classes, preset, size, onnx_path, parity, postprocess)
         write_manifest(manifest, staging)
         _publish(staging, target)
     except BaseException:
@@ -228,7 +231,9 @@ def _make_manifest(
     size: int,
     onnx_path: Path,
     parity: dict[str, Any],
+    postprocess: str | None = None,
 ) -> Manifest:
+    train_config = _json_safe(dict(checkpoint.get("train_config") or {}))
     source = {
         "checkpoint_step": int(checkpoint.get("step", 0)),
         "best": _json_safe(checkpoint.get("best")),
@@ -245,9 +250,10 @@ def _make_manifest(
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
             model_config=_json_safe(dict(checkpoint["model_config"])),
-            train_config=_json_safe(dict(checkpoint.get("train_config") or {})),
+            train_config=train_config,
             parity=parity,
             source=source,
+            postprocess=postprocess or str(train_config.get("postprocess", "none")),
         )
     except ManifestError as exc:
         raise ExportError(f"expected checkpoint data that makes a valid manifest, got: {exc}") from exc

@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 import onnxruntime as ort
 
-from mona_core.data.slicing import RESAMPLING, predict_volume
+from mona_core.data.slicing import POSTPROCESSING, RESAMPLING, predict_volume
 from mona_core.export.manifest import Manifest, ManifestError, load_model_dir
 from mona_core.io.nifti import Volume, read_image, write_mask
 
@@ -52,7 +52,8 @@ class Segmenter:
 
     The ONNX file's sha256 is checked against the manifest before the session is built. ``batch_size`` is
     the number of slices per onnxruntime call; ``threads`` sets intra-op threads (None: onnxruntime's
-    default); ``resample`` how outputs return to the input grid (``mona_core.data.slicing.RESAMPLING``).
+    default); ``resample`` how outputs return to the input grid (``mona_core.data.slicing.RESAMPLING``);
+    ``postprocess`` what is done to each mask (``POSTPROCESSING``; None: the manifest's).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Segmenter:
         batch_size: int = 16,
         threads: int | None = None,
         resample: str = "probabilities",
+        postprocess: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"expected a batch size >= 1, got {batch_size}")
@@ -70,7 +72,10 @@ class Segmenter:
         self.resample = resample
         if threads is not None and threads < 1:
             raise ValueError(f"expected threads >= 1 or None, got {threads}")
+        if postprocess is not None and postprocess not in POSTPROCESSING:
+            raise ValueError(f"expected a post-processing in {POSTPROCESSING} or None, got {postprocess!r}")
         onnx_path, self.manifest = load_model_dir(model_dir)
+        self.postprocess = self.manifest.postprocess if postprocess is None else postprocess
         self.batch_size = batch_size
         self.session = _make_session(onnx_path, available_providers(device), threads)
         if device == "cuda" and CUDA not in self.session.get_providers():
@@ -101,7 +106,13 @@ class Segmenter:
             raise ValueError("expected finite intensities, got NaN or infinite voxels")
         manifest = self.manifest
         return predict_volume(
-            array, self.predict_slices, manifest.preset, manifest.size, self.batch_size, resample=self.resample
+            array,
+            self.predict_slices,
+            manifest.preset,
+            manifest.size,
+            self.batch_size,
+            resample=self.resample,
+            postprocess=self.postprocess,
         )
 
     def segment(self, volume: Volume) -> Volume:

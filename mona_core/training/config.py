@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final
 
+from mona_core.data.slicing import POSTPROCESSING
+
 HEAD_NORMS = ("batch", "layer", "none")
 METHODS = ("supervised", "mean_teacher", "cps", "bcp", "pretrain", "finetune", "mona")
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,7 +66,10 @@ class TrainConfig:
     ``patch`` (default None: whole slices) trains on a random ``patch`` x ``patch`` window of each sampled slice
     (after its weak augmentation; a labelled slice's label is cut with it), while validation, export and
     inference see whole ``size`` x ``size`` slices: the network learns at the scale of ``size`` for the compute of
-    ``patch`` (see docs/METHOD.md).
+    ``patch`` (see docs/METHOD.md). ``postprocess`` (``mona_core.data.slicing.POSTPROCESSING``; default "none")
+    is applied to every predicted volume: by validation (so the best-on-val checkpoint is chosen as it will be
+    used), and by the exported model, whose manifest carries it; "largest_component" keeps each class's largest
+    connected component.
 
     MONA (Section III / IV-B): GLCon pre-training (``pretrain``: instance discrimination with temperatures 0.1 /
     0.01 against a memory of 36 mined views, global on the bottleneck and local on 64x64 views of the logits),
@@ -109,6 +114,7 @@ class TrainConfig:
     batch_size: int = 6
     size: int = 256
     patch: int | None = None
+    postprocess: str = "none"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -188,6 +194,7 @@ class TrainConfig:
             "num_negatives": (self.num_negatives >= 1, ">= 1"),
             "hard_threshold": (0.0 < self.hard_threshold <= 1.0, "in (0, 1]"),
             "head_norm": (self.head_norm in HEAD_NORMS, f"one of {HEAD_NORMS}"),
+            "postprocess": (self.postprocess in POSTPROCESSING, f"one of {POSTPROCESSING}"),
             "amp": (self.amp in AMP_MODES, f"one of {AMP_MODES}"),
             "threads": (self.threads is None or self.threads >= 1, "None or >= 1"),
             "pretrain_fraction": (0.0 < self.pretrain_fraction < 1.0, "in (0, 1)"),

@@ -332,7 +332,8 @@ def _maybe_validate(
     due = state.step % config.val_every == 0 or state.step == config.iterations
     if not due or not data.val_cases:
         return None
-    report = validate(state.method.eval_model(), data.val_cases, data.classes, data.preset, config.size, device)
+    model, postprocess = state.method.eval_model(), config.postprocess
+    report = validate(model, data.val_cases, data.classes, data.preset, config.size, device, postprocess=postprocess)
     dice = report["mean"]["dice"]
     val_dice = float(dice) if dice is not None else 0.0
     if state.best is None or val_dice > state.best["val_dice"]:

@@ -33,14 +33,16 @@ def validate(
     size: int,
     device: torch.device,
     with_asd: bool = False,
+    postprocess: str = "none",
 ) -> dict[str, Any]:
-    """Segment each validation volume on its native grid and aggregate DSC (and ASD when asked)."""
+    """Segment each validation volume on its native grid (then ``postprocess`` its mask, as the exported model
+    will) and aggregate DSC (and ASD when asked)."""
     was_training = model.training
     model.eval()
     predict = torch_predictor(model, device)
     accumulator = MetricAccumulator(classes)
     for case in cases:
-        prediction = predict_volume(case.image, predict, preset, size)
+        prediction = predict_volume(case.image, predict, preset, size, postprocess=postprocess)
         spacing = case.spacing_zyx if with_asd else None
         accumulator.add(
             evaluate_case(prediction, case.label, classes, spacing, case_id=case.case_id, with_asd=with_asd)

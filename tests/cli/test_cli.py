@@ -131,3 +131,18 @@ def test_finetune_without_a_checkpoint_starts_from_random_weights(
     assert main(args) == 0
     assert "MONA fine-tuning starts from random weights" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_patch_and_postprocess_flags_reach_the_run_and_the_exported_manifest(
+    phantom_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", str(phantom_dataset), "--labelled-patients", "2", "--iterations", "2", "--size", "32"]
+    args += ["--patch", "16", "--postprocess", "largest_component", "--val-every", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(run)]) == 0
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["patch"] == 16 and config["postprocess"] == "largest_component"
+    assert main(["export", str(run)]) == 0
+    assert json.loads((run / "model" / "manifest.json").read_text())["postprocess"] == "largest_component"
+    assert main(["export", str(run), "--out", str(tmp_path / "plain"), "--postprocess", "none"]) == 0
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["postprocess"] == "none"
