@@ -152,7 +152,8 @@ class JobLog(Base):
 
 
 class Model(Base):
-    """An exported model whose ONNX parity check passed: ``model.onnx`` + ``manifest.json`` in the store."""
+    """An exported model whose ONNX parity check passed: ``model.onnx`` + ``manifest.json`` in the store.
+    ``postprocess``: its manifest's, what each segmentation does to the predicted mask."""
 
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -164,6 +165,7 @@ class Model(Base):
     classes: Mapped[list[Any]] = mapped_column()
     preset: Mapped[str] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(Integer)
+    postprocess: Mapped[str] = mapped_column(String(32), default="none", server_default="none")
     metrics: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

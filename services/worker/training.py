@@ -351,6 +351,7 @@ def _publish_model(
             classes=list(manifest.classes),
             preset=manifest.preset,
             size=manifest.size,
+            postprocess=manifest.postprocess,
             metrics={"best": best, "parity": manifest.parity},
         )
         session.add(model)

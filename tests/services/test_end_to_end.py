@@ -45,13 +45,15 @@ def _upload_phantoms(client: Client, root: Path, project: str | None = None) -> 
 
 def test_upload_train_segment_report(live: Client, isolated_settings: Settings, tmp_path: Path) -> None:
     dataset_id = _upload_phantoms(live, tmp_path / "phantoms", project="cardiology")
-    job = live.create_job("supervised", dataset_id, config=TINY, labelled_patients=2, device="cpu")
+    config = {**TINY, "postprocess": "largest_component"}
+    job = live.create_job("supervised", dataset_id, config=config, labelled_patients=2, device="cpu")
     assert job["status"] == "queued" and job["progress"] == 0.0 and job["project"] == "cardiology"
     job = live.wait(job["id"], timeout=240, poll=0.5, progress=False)
     assert job["progress"] == 1.0 and job["model_id"] and job["iteration"] == TINY["iterations"]
     assert job["config"]["iterations"] == TINY["iterations"] and job["config"]["lr"] == 0.01, "defaults filled in"
     model = live.model(job["model_id"])
     assert model["project"] == "cardiology", "the model joins its job's"
+    assert model["postprocess"] == "largest_component", "the job's post-processing reaches its model"
     assert model["metrics"]["parity"]["max_abs_diff_random"] <= model["metrics"]["parity"]["tolerance"]
     assert len(job["selection"]["labelled"]) == 2
     history = live.metrics(job["id"])

@@ -130,6 +130,7 @@ def test_models_list_get_and_downloads(api: TestClient, model: Registered, expor
     item = api.get(f"/v1/models/{model.model_id}").json()
     assert item == listed[model.model_id]
     assert item["classes"] == CLASSES and item["preset"] == "mri" and item["size"] == SIZE
+    assert item["postprocess"] == "none"
     assert item["job_id"] == model.job_id and item["onnx_sha256"] == model.onnx_sha256
     assert item["metrics"] == METRICS and item["created_at"].endswith("Z")
     onnx = api.get(f"/v1/models/{model.model_id}/onnx")

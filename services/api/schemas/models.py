@@ -36,7 +36,9 @@ class ModelMetrics(BaseModel):
 
 
 class ModelPublic(BaseModel):
-    """``metrics`` holds what the worker measured (validation DSC, parity); ``onnx_sha256`` pins the ONNX file."""
+    """``metrics`` holds what the worker measured (validation DSC, parity); ``onnx_sha256`` pins the ONNX file;
+    ``postprocess`` is what each segmentation does to the mask (``none``, or ``largest_component``: each class keeps its
+    largest connected component), from the training job's config."""
 
     model_config = ConfigDict(from_attributes=True, protected_namespaces=())
 
@@ -46,6 +48,7 @@ class ModelPublic(BaseModel):
     classes: list[str]
     preset: str
     size: int
+    postprocess: str
     onnx_sha256: str
     metrics: ModelMetrics
     created_at: UtcDatetime
