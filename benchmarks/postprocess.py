@@ -42,27 +42,30 @@ def score(model: Path, data: Path, split: str, postprocess: str, threads: int) -
     return evaluate_model(segmenter, load_dataset(data, preset=segmenter.manifest.preset), split)
 
 
-def _row(label: str, values: list[float | None], scale: float) -> str:
-    cells = []
-    for value in values:
-        cells.append("n/a" if value is None else f"{scale * value:.1f}" if scale == 100.0 else f"{value:.2f}")
-    return f"| {label} | " + " | ".join(cells) + " |"
+def _cells(values: list[float | None], percent: bool) -> list[str]:
+    """DSC fractions as percentages with one decimal, ASD with two; None as n/a."""
+    return ["n/a" if v is None else f"{100.0 * v:.1f}" if percent else f"{v:.2f}" for v in values]
 
 
 def _summary(reports: list[dict[str, Any]], classes: list[str]) -> list[str]:
     """Mean ± sample sd over models of each class's DSC and ASD and of their means."""
 
-    def spread(pick: Any, scale: float) -> str:
-        values = [pick(r) for r in reports]
+    def spread(values: list[float | None], percent: bool) -> str:
         if any(v is None for v in values):
             return "n/a"
-        mean = scale * statistics.fmean(values)
-        sd = scale * statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{mean:.1f} ± {sd:.1f}" if scale == 100.0 else f"{mean:.2f} ± {sd:.2f}"
+        scale = 100.0 if percent else 1.0
+        mean = scale * statistics.fmean(v for v in values if v is not None)
+        sd = scale * statistics.stdev(v for v in values if v is not None) if len(values) > 1 else 0.0
+        return f"{mean:.1f} ± {sd:.1f}" if percent else f"{mean:.2f} ± {sd:.2f}"
 
-    dsc = [spread(lambda r, c=c: r["per_class"][c]["dice"], 100.0) for c in classes]
-    asd = [spread(lambda r, c=c: r["per_class"][c]["asd"], 1.0) for c in classes]
-    return [*dsc, spread(lambda r: r["mean"]["dice"], 100.0), *asd, spread(lambda r: r["mean"]["asd"], 1.0)]
+    return [spread(values, percent) for values, percent in _columns(reports, classes)]
+
+
+def _columns(reports: list[dict[str, Any]], classes: list[str]) -> list[tuple[list[float | None], bool]]:
+    """The table's columns over ``reports``: DSC per class and mean, then ASD per class and mean (is-DSC flags)."""
+    dsc = [[r["per_class"][c]["dice"] for r in reports] for c in classes] + [[r["mean"]["dice"] for r in reports]]
+    asd = [[r["per_class"][c]["asd"] for r in reports] for c in classes] + [[r["mean"]["asd"] for r in reports]]
+    return [(column, True) for column in dsc] + [(column, False) for column in asd]
 
 
 def main() -> None:
@@ -81,10 +84,8 @@ def main() -> None:
     print("|---" * (len(head) + 2) + "|")
     for way, per_model in reports.items():
         for model, report in zip(models, per_model, strict=True):
-            values = [report["per_class"][c]["dice"] for c in classes] + [report["mean"]["dice"]]
-            asd = [report["per_class"][c]["asd"] for c in classes] + [report["mean"]["asd"]]
-            dsc_cells = _row(f"{way} | {model.parent.name}/{model.name}", values, 100.0)
-            print(dsc_cells + " " + _row("", asd, 1.0).removeprefix("|  | "))
+            cells = [_cells(values, percent)[0] for values, percent in _columns([report], classes)]
+            print(f"| {way} | {model.parent.name}/{model.name} | " + " | ".join(cells) + " |")
         print(f"| {way} | mean ± sd over {len(models)} | " + " | ".join(_summary(per_model, classes)) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({"models": [str(m) for m in models], "reports": reports}, indent=2))

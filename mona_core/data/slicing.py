@@ -113,10 +113,15 @@ def keep_largest_components(mask: np.ndarray) -> np.ndarray:
     return kept
 
 
-def postprocess_mask(mask: np.ndarray, postprocess: str) -> np.ndarray:
-    """Apply one of ``POSTPROCESSING`` to a volume's mask."""
+def check_postprocess(postprocess: str) -> None:
+    """A ValueError unless ``postprocess`` is one of ``POSTPROCESSING``."""
     if postprocess not in POSTPROCESSING:
         raise ValueError(f"expected a post-processing in {POSTPROCESSING}, got {postprocess!r}")
+
+
+def postprocess_mask(mask: np.ndarray, postprocess: str) -> np.ndarray:
+    """Apply one of ``POSTPROCESSING`` to a volume's mask."""
+    check_postprocess(postprocess)
     return keep_largest_components(mask) if postprocess == "largest_component" else mask
 
 
@@ -135,8 +140,7 @@ def predict_volume(
     holds ``batch_size x C`` full-size planes at most, never the whole volume's probabilities. The whole mask is
     then post-processed (``postprocess``, one of ``POSTPROCESSING``).
     """
-    if postprocess not in POSTPROCESSING:
-        raise ValueError(f"expected a post-processing in {POSTPROCESSING}, got {postprocess!r}")
+    check_postprocess(postprocess)  # before the network runs, not after
     slices = image_to_slices(array, preset, size)
     labels = np.empty(array.shape, dtype=np.uint8)
     for start in range(0, slices.shape[0], batch_size):

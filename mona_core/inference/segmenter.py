@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 import onnxruntime as ort
 
-from mona_core.data.slicing import POSTPROCESSING, RESAMPLING, predict_volume
+from mona_core.data.slicing import RESAMPLING, check_postprocess, predict_volume
 from mona_core.export.manifest import Manifest, ManifestError, load_model_dir
 from mona_core.io.nifti import Volume, read_image, write_mask
 
@@ -53,7 +53,7 @@ class Segmenter:
     The ONNX file's sha256 is checked against the manifest before the session is built. ``batch_size`` is
     the number of slices per onnxruntime call; ``threads`` sets intra-op threads (None: onnxruntime's
     default); ``resample`` how outputs return to the input grid (``mona_core.data.slicing.RESAMPLING``);
-    ``postprocess`` what is done to each mask (``POSTPROCESSING``; None: the manifest's).
+    ``postprocess`` what is done to each mask (``mona_core.data.slicing.POSTPROCESSING``; None: the manifest's).
     """
 
     def __init__(
@@ -72,8 +72,8 @@ class Segmenter:
         self.resample = resample
         if threads is not None and threads < 1:
             raise ValueError(f"expected threads >= 1 or None, got {threads}")
-        if postprocess is not None and postprocess not in POSTPROCESSING:
-            raise ValueError(f"expected a post-processing in {POSTPROCESSING} or None, got {postprocess!r}")
+        if postprocess is not None:
+            check_postprocess(postprocess)
         onnx_path, self.manifest = load_model_dir(model_dir)
         self.postprocess = self.manifest.postprocess if postprocess is None else postprocess
         self.batch_size = batch_size
